@@ -1,0 +1,405 @@
+"""The processed dataset: raw + synthetic samples -> validated, deduplicated, featurised, split.
+
+`build_dataset` does the work; `preprocess` runs it as the MLflow entry point and logs the result
+as artifacts of its run (so a crash or a half-written folder can never be picked up: training
+only reads FINISHED preprocess runs); `load_dataset` reads it back for training by run id.
+
+On disk (artifact folder `dataset/`):
+- `arrays.npz`: `rasters` (N, 32, 32) uint8, `points` (total strokes, n_points, 2) float32 (every
+  stroke resampled, ragged per sample through `offsets` (N + 1)), `labels` (N,), `split` (N,)
+  with 0/1/2 = train/val/test;
+- `manifest.csv`: one row per kept sample (source file, source, char_id, label, split) and one
+  per rejected file or sample (with its reason and message);
+- `dataset.json`: class set, class ids, feature settings, seed, counts and the content digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kana import features
+from kana import classes as class_table
+from kana.classes import KanaClass
+from kana.strokes import (
+    InvalidSample,
+    LoadReport,
+    RawSample,
+    Rejection,
+    check_stroke_count,
+    load_raw_dir,
+    parse_strokes,
+    sample_digest,
+)
+from kana.synth import synthesize_dataset
+
+SPLITS = ("train", "val", "test")
+SYNTHETIC_SOURCE = "synthetic-kanjivg"
+PARALLEL_MIN_SAMPLES = 2000  # below this, process start-up costs more than it saves
+
+
+@dataclass
+class ProcessedDataset:
+    meta: dict
+    rasters: np.ndarray
+    points: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    manifest: pd.DataFrame
+
+    @property
+    def class_ids(self) -> list[str]:
+        return self.meta["class_ids"]
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == SPLITS.index(split))
+
+    def resampled(self, i: int) -> np.ndarray:
+        return self.points[self.offsets[i] : self.offsets[i + 1]]
+
+    def cnn_inputs(self, idx: np.ndarray) -> np.ndarray:
+        return raster_batch_to_input(self.rasters[idx])
+
+    def lstm_inputs(self, idx: np.ndarray) -> np.ndarray:
+        ms = self.meta["max_strokes"]
+        return np.stack([features.lstm_tensor(self.resampled(i), ms) for i in idx])
+
+
+def raster_batch_to_input(rasters: np.ndarray) -> np.ndarray:
+    """uint8 rasters (N, H, W) -> float32 (N, H, W, 1) in [0, 1], what the CNNs take."""
+    return (rasters.astype(np.float32) / 255.0)[..., None]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def featurize(strokes: list[np.ndarray], n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """One sample -> (resampled strokes float32, raster uint8): the features every model uses."""
+    resampled = features.resample_strokes(strokes, n_points).astype(np.float32)
+    return resampled, features.render_raster(resampled)
+
+
+def _featurize_chunk(args):
+    chunk, n_points = args
+    return [featurize(s, n_points) for s in chunk]
+
+
+def _synthesize_chunk(args):
+    classes, per_class, seed = args
+    return synthesize_dataset(classes, per_class, seed)
+
+
+def _map(fn, tasks: list, workers: int, progress: str | None):
+    """Run fn over tasks, in `workers` processes when there are several, with a progress bar."""
+    from rich.progress import track
+
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = pool.map(fn, tasks)
+            return list(track(results, total=len(tasks), description=progress, disable=not progress))
+    return [fn(t) for t in track(tasks, description=progress, disable=not progress)]
+
+
+def split_per_source_and_class(
+    sources: list[str], char_ids: list[str], seed: int, fractions=(0.7, 0.1, 0.2)
+) -> np.ndarray:
+    """Split codes 0/1/2 (train/val/test), 70/10/20 within every (source, class) group, seeded.
+
+    Shuffles each group with its own Generator derived from the seed and the group's name, so a
+    group's split does not change when other groups are added. Small groups fill train first.
+    """
+    import zlib
+
+    out = np.zeros(len(sources), dtype=np.int8)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(sources, char_ids)):
+        groups.setdefault(key, []).append(i)
+    for (source, cid), members in groups.items():
+        rng = np.random.default_rng([seed, zlib.crc32(f"{source}/{cid}".encode())])
+        members = np.array(members)[rng.permutation(len(members))]
+        n = len(members)
+        n_test = int(round(n * fractions[2]))
+        n_val = int(round(n * fractions[1]))
+        out[members[n - n_test - n_val : n - n_test]] = 1
+        out[members[n - n_test :]] = 2
+    return out
+
+
+def _synthetic_samples(classes, per_class, seed, workers, progress) -> list[RawSample]:
+    if per_class <= 0:
+        return []
+    chunks = [classes[i :: max(workers, 1)] for i in range(max(workers, 1))]
+    tasks = [(c, per_class, seed) for c in chunks if c]
+    if len(classes) * per_class < PARALLEL_MIN_SAMPLES:
+        workers = 1
+    samples = []
+    counters: Counter = Counter()
+    for chunk in _map(_synthesize_chunk, tasks, workers, progress and "synthesizing"):
+        for cid, strokes in chunk:
+            k = counters[cid]
+            counters[cid] += 1
+            samples.append(RawSample(strokes, cid, SYNTHETIC_SOURCE, f"synthetic/{cid}{k:05d}"))
+    samples.sort(key=lambda s: s.path)
+    return samples
+
+
+def build_dataset(
+    raw_dir: str | Path | None,
+    class_set: str = "all",
+    synthetic_per_class: int = 150,
+    seed: int = 127,
+    n_points: int = features.N_POINTS,
+    max_strokes: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[ProcessedDataset, LoadReport]:
+    """Everything before a model sees a sample. Never raises for bad samples: they are reported."""
+    classes: list[KanaClass] = list(class_table.class_set(class_set))
+    class_ids = [c.char_id for c in classes]
+    label_of = {cid: i for i, cid in enumerate(class_ids)}
+    max_strokes = max_strokes or class_table.max_strokes(class_set)
+    workers = workers or os.cpu_count() or 1
+
+    report = load_raw_dir(raw_dir, set(class_ids)) if raw_dir else LoadReport()
+    candidates = _synthetic_samples(classes, synthetic_per_class, seed, workers, progress)
+    candidates += report.samples
+    rejections = list(report.rejections)
+
+    kept: list[RawSample] = []
+    seen: dict[str, str] = {}
+    for s in candidates:
+        try:
+            strokes = parse_strokes(s.strokes, s.path)  # synthetic samples pass the same checks
+            check_stroke_count(strokes, s.char_id, s.path)
+            if len(strokes) > max_strokes:
+                raise InvalidSample(
+                    "too_many_strokes", f"{s.path}: {len(strokes)} strokes > max_strokes {max_strokes}"
+                )
+        except InvalidSample as exc:
+            rejections.append(Rejection(s.path, s.source, s.char_id, exc.reason, str(exc)))
+            continue
+        digest = s.char_id + ":" + sample_digest(strokes)
+        if digest in seen:
+            rejections.append(
+                Rejection(s.path, s.source, s.char_id, "duplicate", f"{s.path}: same as {seen[digest]}")
+            )
+            continue
+        seen[digest] = s.path
+        kept.append(RawSample(strokes, s.char_id, s.source, s.path))
+
+    chunk = 256
+    tasks = [([k.strokes for k in kept[i : i + chunk]], n_points) for i in range(0, len(kept), chunk)]
+    fworkers = workers if len(kept) >= PARALLEL_MIN_SAMPLES else 1
+    featurized = [f for part in _map(_featurize_chunk, tasks, fworkers, progress and "featurizing") for f in part]
+
+    n = len(kept)
+    size = features.RASTER_SIZE + 2 * features.RASTER_PAD
+    rasters = np.zeros((n, size, size), dtype=np.uint8)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for i, (res, img) in enumerate(featurized):
+        rasters[i] = img
+        offsets[i + 1] = offsets[i] + len(res)
+    points = (
+        np.concatenate([r for r, _ in featurized]) if n else np.zeros((0, n_points, 2), np.float32)
+    )
+    labels = np.array([label_of[k.char_id] for k in kept], dtype=np.int64)
+    split = split_per_source_and_class([k.source for k in kept], [k.char_id for k in kept], seed)
+
+    manifest = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "path": [k.path for k in kept],
+                    "source": [k.source for k in kept],
+                    "char_id": [k.char_id for k in kept],
+                    "label": labels,
+                    "split": [SPLITS[c] for c in split],
+                    "n_strokes": [len(k.strokes) for k in kept],
+                    "reason": "",
+                    "message": "",
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "path": [r.path for r in rejections],
+                    "source": [r.source for r in rejections],
+                    "char_id": [r.char_id or "" for r in rejections],
+                    "label": -1,
+                    "split": "",
+                    "n_strokes": -1,
+                    "reason": [r.reason for r in rejections],
+                    "message": [r.message for r in rejections],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    meta = {
+        "class_set": class_set,
+        "class_ids": class_ids,
+        "n_points": n_points,
+        "max_strokes": max_strokes,
+        "raster_size": size,
+        "seed": seed,
+        "synthetic_per_class": synthetic_per_class,
+        "n_samples_kept": n,
+        "split_sizes": {name: int((split == i).sum()) for i, name in enumerate(SPLITS)},
+        "dropped": dict(Counter(r.reason for r in rejections)),
+    }
+    ds = ProcessedDataset(meta, rasters, points, offsets, labels, split, manifest)
+    ds.meta["digest"] = dataset_digest(ds)
+    return ds, report
+
+
+def dataset_digest(ds: ProcessedDataset) -> str:
+    h = hashlib.sha256()
+    for arr in (ds.rasters, ds.points, ds.offsets, ds.labels, ds.split):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def save_dataset(ds: ProcessedDataset, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        folder / "arrays.npz",
+        rasters=ds.rasters,
+        points=ds.points,
+        offsets=ds.offsets,
+        labels=ds.labels,
+        split=ds.split,
+    )
+    ds.manifest.to_csv(folder / "manifest.csv", index=False)
+    (folder / "dataset.json").write_text(json.dumps(ds.meta, indent=2, ensure_ascii=False))
+    return folder
+
+
+def read_dataset(folder: Path) -> ProcessedDataset:
+    meta = json.loads((folder / "dataset.json").read_text())
+    with np.load(folder / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    manifest = pd.read_csv(folder / "manifest.csv", keep_default_na=False)
+    ds = ProcessedDataset(meta, manifest=manifest, **arrays)
+    if dataset_digest(ds) != meta["digest"]:
+        raise ValueError(f"dataset in {folder} does not match its digest: it is damaged")
+    return ds
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def preprocess(
+    raw_dir: str = "data/raw",
+    class_set: str = "all",
+    synthetic_per_class: int = 150,
+    seed: int = 127,
+    n_points: int = features.N_POINTS,
+    max_strokes: int = 0,
+    workers: int = 0,
+) -> str:
+    """MLflow entry point `preprocess`: build the dataset and log it, with its report, to a run.
+
+    Returns the run id. The dataset becomes visible to training only when the run FINISHES, after
+    every artifact is written, so a crash or a kill midway leaves nothing half-made to pick up.
+    """
+    import mlflow
+
+    from kana import plots
+    from kana.tracking import kana_run, log_figure_png, scratch_dir
+
+    params = {
+        "raw_dir": raw_dir,
+        "class_set": class_set,
+        "synthetic_per_class": synthetic_per_class,
+        "seed": seed,
+        "n_points": n_points,
+        "max_strokes": max_strokes or class_table.max_strokes(class_set),
+    }
+    with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
+        mlflow.log_params(params)
+        ds, _ = build_dataset(
+            raw_dir if raw_dir and Path(raw_dir).exists() else None,
+            class_set,
+            synthetic_per_class,
+            seed,
+            n_points,
+            params["max_strokes"],
+            workers or None,
+        )
+        meta = ds.meta
+        rejected = ds.manifest[ds.manifest.reason != ""]
+        for row in rejected.itertuples():
+            print(f"rejected {row.path}: {row.reason}: {row.message}")
+        mlflow.log_param("dataset_digest", meta["digest"])
+        mlflow.log_metrics(
+            {
+                "n_samples_kept": meta["n_samples_kept"],
+                "n_rejected": len(rejected),
+                **{f"n_{k}": v for k, v in meta["split_sizes"].items()},
+                **{f"dropped_{reason}": n for reason, n in meta["dropped"].items()},
+                "n_sources": ds.manifest.loc[ds.manifest.reason == "", "source"].nunique(),
+            }
+        )
+        kept = ds.manifest[ds.manifest.reason == ""]
+        counts = kept.groupby(["char_id", "split"]).size().unstack(fill_value=0)
+        counts = counts.reindex(index=meta["class_ids"], columns=list(SPLITS), fill_value=0)
+        with scratch_dir() as tmp:
+            save_dataset(ds, tmp / "dataset")
+            counts.to_csv(tmp / "per_class_counts.csv")
+            if len(rejected):
+                dropped = rejected.groupby(["reason", "char_id"]).size().rename("n").reset_index()
+                dropped.to_csv(tmp / "dropped_per_reason_and_class.csv", index=False)
+            mlflow.log_artifacts(str(tmp))
+        log_figure_png(plots.class_balance_figure(counts), "class_balance.png")
+        mlflow.log_image(_sample_grid(ds), "samples_grid.png")
+        mlflow.log_input(
+            mlflow.data.from_numpy(
+                ds.rasters, targets=ds.labels, name=f"kana-{class_set}", digest=meta["digest"]
+            ),
+            context="preprocess",
+        )
+        print(
+            f"preprocess run {run.info.run_id}: kept {meta['n_samples_kept']} samples "
+            f"({meta['split_sizes']}), rejected {len(rejected)}"
+        )
+        return run.info.run_id
+
+
+def _sample_grid(ds: ProcessedDataset, per_source: int = 24):
+    """Rendered samples, real sources first and synthetic beside them, captioned source/char_id."""
+    from kana import plots
+
+    kept = ds.manifest[ds.manifest.reason == ""].reset_index()
+    picks = []
+    for source, group in sorted(kept.groupby("source"), key=lambda g: g[0] == SYNTHETIC_SOURCE):
+        picks += list(group["index"][:: max(1, len(group) // per_source)][:per_source])
+    captions = [f"{kept.source[i][:6]}/{kept.char_id[i]}" for i in picks]
+    return plots.image_grid([ds.rasters[i] for i in picks], captions)
+
+
+def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
+    """The processed dataset of a preprocess run (default: the latest FINISHED one)."""
+    import mlflow
+
+    from kana.tracking import latest_finished_run
+
+    if not run_id:
+        run = latest_finished_run("preprocess")
+        if run is None:
+            raise RuntimeError(
+                "no FINISHED preprocess run found: run `mlflow run . -e preprocess --env-manager local` first"
+            )
+        run_id = run.info.run_id
+    folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="dataset")
+    return read_dataset(Path(folder)), run_id

@@ -1,0 +1,176 @@
+"""Features: what a model sees of a sample, computed one way for training and serving.
+
+- `resample_strokes`: every stroke to `n_points` on the notebook's B-spline (raw points as the
+  control points of a clamped uniform degree-3 curve, geomdl's construction, sampled uniformly).
+  geomdl is the reference; here the curve is a cached basis matrix per control-point count, so a
+  stroke is one small matrix product (equal to geomdl to ~1e-15, and hundreds of times faster).
+- `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
+  flipped to image convention, drawn with Pillow (width 1) and padded to 32x32.
+- `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
+  `max_strokes`, then scaled by (a + 1) / 2 as the notebook did.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+N_POINTS = 120
+RASTER_SIZE = 28
+RASTER_PAD = 2
+STROKE_WIDTH = 1
+
+
+# --------------------------------------------------------------------------- B-spline resampling
+
+
+def clamped_uniform_knots(degree: int, n_ctrl: int) -> np.ndarray:
+    """geomdl's `generate_knot_vector(degree, n_ctrl)`: clamped ends, uniform interior."""
+    n_interior = n_ctrl - degree - 1
+    interior = np.linspace(0.0, 1.0, n_interior + 2)[1:-1]
+    return np.concatenate([np.zeros(degree + 1), interior, np.ones(degree + 1)])
+
+
+@lru_cache(maxsize=1024)
+def bspline_basis(n_ctrl: int, n_points: int) -> np.ndarray:
+    """(n_points, n_ctrl) matrix B with `B @ ctrl` = the curve sampled at n_points uniform params.
+
+    Degree 3, or n_ctrl - 1 when a stroke has fewer than 4 points (a cubic needs 4). Basis values
+    come from Cox-de Boor (The NURBS Book, A2.2) with geomdl's span search, vectorised over u.
+    """
+    if n_ctrl == 1:
+        return np.ones((n_points, 1))
+    degree = min(3, n_ctrl - 1)
+    knots = clamped_uniform_knots(degree, n_ctrl)
+    u = np.linspace(0.0, 1.0, n_points)
+    # geomdl's find_span_linear: the last span whose start is <= u, capped at n_ctrl - 1.
+    span = np.searchsorted(knots, u, side="right") - 1
+    span = np.clip(span, degree, n_ctrl - 1)
+    n = np.zeros((n_points, degree + 1))
+    n[:, 0] = 1.0
+    left = np.zeros((n_points, degree + 1))
+    right = np.zeros((n_points, degree + 1))
+    for j in range(1, degree + 1):
+        left[:, j] = u - knots[span + 1 - j]
+        right[:, j] = knots[span + j] - u
+        saved = np.zeros(n_points)
+        for r in range(j):
+            temp = n[:, r] / (right[:, r + 1] + left[:, j - r])
+            n[:, r] = saved + right[:, r + 1] * temp
+            saved = left[:, j - r] * temp
+        n[:, j] = saved
+    basis = np.zeros((n_points, n_ctrl))
+    rows = np.arange(n_points)[:, None]
+    cols = span[:, None] - degree + np.arange(degree + 1)[None, :]
+    basis[rows, cols] = n
+    basis.setflags(write=False)
+    return basis
+
+
+def resample_stroke(points: np.ndarray, n_points: int = N_POINTS) -> np.ndarray:
+    """One stroke (N, 2) -> (n_points, 2) on the B-spline through its points as control points."""
+    points = np.asarray(points, dtype=np.float64)
+    return bspline_basis(len(points), n_points) @ points
+
+
+def resample_strokes(strokes, n_points: int = N_POINTS) -> np.ndarray:
+    """A sample's strokes -> (n_strokes, n_points, 2), app coordinates (y up) kept."""
+    out = np.empty((len(strokes), n_points, 2))
+    for i, s in enumerate(strokes):
+        out[i] = resample_stroke(s, n_points)
+    return out
+
+
+def resample_stroke_geomdl(points: np.ndarray, n_points: int = N_POINTS) -> np.ndarray:
+    """The notebook's reference implementation with geomdl (slow; used by tests and benchmarks)."""
+    from geomdl import BSpline, utilities
+
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) == 1:
+        return np.repeat(points, n_points, axis=0)
+    curve = BSpline.Curve()
+    curve.degree = min(3, len(points) - 1)
+    curve.ctrlpts = points.tolist()
+    curve.knotvector = utilities.generate_knot_vector(curve.degree, len(points))
+    curve.sample_size = n_points
+    return np.asarray(curve.evalpts)
+
+
+# --------------------------------------------------------------------------- CNN raster
+
+
+def to_image_coords(resampled: np.ndarray) -> np.ndarray:
+    """Flip y: the app's canvas has y up, images and the notebook's features have y down."""
+    return resampled * np.array([1.0, -1.0])
+
+
+def fit_to_pixels(strokes_img: np.ndarray, size: int, width: int) -> np.ndarray:
+    """Scale and centre the points to fill a `size` square, keeping aspect, leaving room for width."""
+    flat = strokes_img.reshape(-1, 2)
+    lo, hi = flat.min(axis=0), flat.max(axis=0)
+    extent = float((hi - lo).max())
+    usable = size - 1 - (width - 1)
+    scale = usable / extent if extent > 0 else 0.0
+    centre = (lo + hi) / 2.0
+    return (strokes_img - centre) * scale + (size - 1) / 2.0
+
+
+def render_raster(
+    resampled: np.ndarray,
+    size: int = RASTER_SIZE,
+    pad: int = RASTER_PAD,
+    width: int = STROKE_WIDTH,
+) -> np.ndarray:
+    """Resampled strokes (app coords) -> uint8 image (size + 2 pad) squared, ink 255 on 0."""
+    pixels = fit_to_pixels(to_image_coords(resampled), size, width)
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    for stroke in pixels:
+        draw.line([tuple(p) for p in stroke.tolist()], fill=255, width=width)
+    out = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.uint8)
+    out[pad : pad + size, pad : pad + size] = np.asarray(img)
+    return out
+
+
+# --------------------------------------------------------------------------- LSTM tensor
+
+
+def stroke_directions(stroke_img: np.ndarray) -> np.ndarray:
+    """(n, 2) points -> (n, 2) unit direction (cos, sin) of travel at each point.
+
+    The direction at point i is towards point i + 1 (the last point keeps the previous one). Where
+    the pen did not move, the nearest defined direction is used, as the notebook filled NaNs from
+    neighbours; a stroke that never moves (a dot) gets (0, 0).
+    """
+    delta = np.diff(stroke_img, axis=0)
+    length = np.hypot(delta[:, 0], delta[:, 1])
+    moving = length > 1e-12
+    if not moving.any():
+        return np.zeros_like(stroke_img)
+    unit = np.zeros_like(delta)
+    unit[moving] = delta[moving] / length[moving, None]
+    idx = np.flatnonzero(moving)
+    # nearest moving segment for every segment (ties go to the earlier one)
+    pos = np.searchsorted(idx, np.arange(len(delta)))
+    prev_idx = idx[np.clip(pos - 1, 0, len(idx) - 1)]
+    next_idx = idx[np.clip(pos, 0, len(idx) - 1)]
+    seg = np.arange(len(delta))
+    use_next = np.abs(next_idx - seg) < np.abs(seg - prev_idx)
+    nearest = np.where(moving, seg, np.where(use_next, next_idx, prev_idx))
+    unit = unit[nearest]
+    return np.vstack([unit, unit[-1:]])
+
+
+def lstm_tensor(resampled: np.ndarray, max_strokes: int) -> np.ndarray:
+    """Resampled strokes (app coords) -> float32 (n_points, 4 * max_strokes), the notebook's layout."""
+    n_strokes, n_points, _ = resampled.shape
+    if n_strokes > max_strokes:
+        raise ValueError(f"{n_strokes} strokes, but the features hold at most {max_strokes}")
+    out = np.zeros((n_points, 4 * max_strokes), dtype=np.float32)
+    img = to_image_coords(resampled)
+    for i in range(n_strokes):
+        out[:, 4 * i : 4 * i + 2] = img[i]
+        out[:, 4 * i + 2 : 4 * i + 4] = stroke_directions(img[i])
+    return (out + 1.0) / 2.0

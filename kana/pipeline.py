@@ -1,0 +1,130 @@
+"""The `main` entry point: preprocess -> train_cnn, train_transfer, train_lstm -> register.
+
+MLflow's multistep-workflow pattern: each step is `mlflow.run` of this project's own entry point,
+and a FINISHED run of that entry point with the same parameters and the same git commit is reused
+instead of run again (so a rerun of `main` after a crash picks up where it stopped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from kana.tracking import experiment_ids, git_commit, kana_run
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _already_ran(entry_point: str, parameters: dict, commit: str | None):
+    """A FINISHED run of `entry_point` in this experiment with these params and commit, or None."""
+    client = MlflowClient()
+    runs = client.search_runs(
+        experiment_ids(),
+        filter_string=f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    wanted = {k: str(v) for k, v in parameters.items()}
+    for run in runs:
+        if commit and run.data.tags.get("mlflow.source.git.commit") != commit:
+            continue
+        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+            return run
+    return None
+
+
+def _get_or_run(entry_point: str, parameters: dict, commit: str | None, reuse: bool):
+    if reuse:
+        found = _already_ran(entry_point, parameters, commit)
+        if found is not None:
+            print(f"reusing {entry_point} run {found.info.run_id} (same params and code)")
+            return found
+    print(f"running {entry_point} with {parameters}")
+    experiment_id = mlflow.active_run().info.experiment_id
+    submitted = mlflow.run(
+        str(PROJECT_DIR), entry_point, parameters=parameters, env_manager="local",
+        experiment_id=experiment_id,
+    )
+    return MlflowClient().get_run(submitted.run_id)
+
+
+def main(
+    raw_dir: str = "data/raw",
+    real_dir: str = "",
+    class_set: str = "all",
+    synthetic_per_class: int = 150,
+    cnn_epochs: int = 8,
+    transfer_epochs: int = 8,
+    lstm_epochs: int = 15,
+    kanji_classes: int = 400,
+    kanji_per_class: int = 24,
+    base_epochs: int = 4,
+    model_name: str = "kana-classifier",
+    seed: int = 127,
+    reuse: bool = True,
+) -> list[dict]:
+    """Run the whole pipeline and print a table of the families and the champion."""
+    commit = git_commit()
+    with kana_run("main", run_name=f"main-{class_set}"):
+        mlflow.log_params({
+            "class_set": class_set, "synthetic_per_class": synthetic_per_class,
+            "raw_dir": raw_dir, "real_dir": real_dir, "seed": seed, "model_name": model_name,
+        })
+        prep = _get_or_run("preprocess", {
+            "raw_dir": raw_dir, "class_set": class_set,
+            "synthetic_per_class": synthetic_per_class, "seed": seed,
+        }, commit, reuse)
+        dataset_run_id = prep.info.run_id
+        common = {"dataset_run_id": dataset_run_id, "seed": seed, "real_dir": real_dir}
+        runs = {
+            "cnn": _get_or_run("train_cnn", {**common, "epochs": cnn_epochs}, commit, reuse),
+            "transfer": _get_or_run("train_transfer", {
+                **common, "epochs": transfer_epochs, "kanji_classes": kanji_classes,
+                "kanji_per_class": kanji_per_class, "base_epochs": base_epochs,
+            }, commit, reuse),
+            "lstm": _get_or_run("train_lstm", {**common, "epochs": lstm_epochs}, commit, reuse),
+        }
+        # Registering is cheap and must see every candidate, so it always runs.
+        _get_or_run("register", {"dataset_run_id": dataset_run_id, "model_name": model_name},
+                    commit, reuse=False)
+        from kana.registry import current_champion
+
+        champion = current_champion(model_name)
+        champion_run = champion.tags.get("source_run_id") if champion else None
+        rows = []
+        for family, run in runs.items():
+            m = run.data.metrics
+            rows.append({
+                "family": family,
+                "val_bal_acc": m.get("val_balanced_accuracy"),
+                "test_bal_acc": m.get("test_balanced_accuracy"),
+                "real_bal_acc": m.get("real_balanced_accuracy"),
+                "train_s": m.get("train_seconds"),
+                "champion": "yes" if run.info.run_id == champion_run else "",
+                "run_id": run.info.run_id,
+            })
+        table = format_table(rows)
+        print(table)
+        mlflow.log_text(table, "summary.txt")
+        if champion is not None:
+            mlflow.set_tags({"champion_version": champion.version,
+                             "champion_family": champion.tags.get("model_family", "")})
+        return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def fmt(col, v):
+        if v is None:
+            return "-"
+        if col.endswith("_acc"):
+            return f"{v:.4f}"
+        return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+    cols = ["family", "val_bal_acc", "test_bal_acc", "real_bal_acc", "train_s", "champion", "run_id"]
+    cells = [[fmt(c, r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+

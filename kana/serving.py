@@ -1,0 +1,147 @@
+"""The champion as a pyfunc: raw stroke dicts in, characters out.
+
+`KanaClassifier` carries the trained Keras model, its `ModelConfig` (class table, feature
+settings) and the `kana` package itself (logged as code), so a sample is parsed, validated,
+resampled and rendered by exactly the code that prepared the training data.
+
+Input (`predict`): a list of samples, each the app's raw dict `{1: ndarray (N, 2), ...}`, the same
+with string keys and lists (JSON), `{"strokes": [...]}`, or a plain list of strokes. The `list[Any]`
+type hint gives a signature that takes ragged strokes in process and over HTTP (`{"inputs": [...]}`);
+bad samples raise an MlflowException naming the sample and what was wrong (HTTP 400).
+
+Output: a DataFrame, one row per sample in order: `char_id`, `character`, `probability`, and the
+top-5 candidates as `top5_char_ids`, `top5_characters`, `top5_probabilities`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+TOP_K = 5
+MAX_BATCH = 10_000
+
+
+class KanaClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from kana.training import ModelConfig
+
+        with open(context.artifacts["kana_config"], encoding="utf-8") as fh:
+            self.config = ModelConfig.from_json(fh.read())
+        self.recognizer = Recognizer.load(context.artifacts["keras_model"], self.config)
+
+    def predict(self, context, model_input: list[Any], params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return self.recognizer.predict(model_input)
+
+
+class Recognizer:
+    """Raw samples -> prediction table, the same way in process, in the pyfunc and in tests."""
+
+    def __init__(self, model, config):
+        from kana.classes import get_class
+
+        self.model = model
+        self.config = config
+        self.characters = np.array([get_class(c).character for c in config.class_ids])
+        self.class_ids = np.array(config.class_ids)
+        self.n_outputs = len(config.class_ids)
+
+    @classmethod
+    def load(cls, keras_model_path: str, config) -> "Recognizer":
+        import keras
+
+        return cls(keras.saving.load_model(keras_model_path, compile=False), config)
+
+    def parse(self, samples) -> list[np.ndarray]:
+        """Validate the batch and every sample; errors name the sample and the field."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from kana.strokes import InvalidSample, parse_strokes
+
+        if isinstance(samples, (dict, np.ndarray)) or not isinstance(samples, (list, tuple)):
+            raise MlflowException(
+                f"expected a list of samples, got {type(samples).__name__}; wrap one sample in a list",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        if not samples:
+            raise MlflowException("no samples given", error_code=INVALID_PARAMETER_VALUE)
+        if len(samples) > MAX_BATCH:
+            raise MlflowException(
+                f"{len(samples)} samples in one request (at most {MAX_BATCH})",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        parsed = []
+        for k, sample in enumerate(samples):
+            try:
+                strokes = parse_strokes(sample, f"sample {k}")
+                if len(strokes) > self.config.max_strokes:
+                    raise InvalidSample(
+                        "too_many_strokes",
+                        f"sample {k}: {len(strokes)} strokes; no class of this model has more than "
+                        f"{self.config.max_strokes}",
+                    )
+            except InvalidSample as exc:
+                raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            parsed.append(strokes)
+        return parsed
+
+    def probabilities(self, parsed: list[list[np.ndarray]]) -> np.ndarray:
+        from kana.dataset import featurize
+        from kana.training import model_inputs, predict_probs
+
+        feats = [featurize(s, self.config.n_points) for s in parsed]
+        x = model_inputs(self.config, [f[0] for f in feats], np.stack([f[1] for f in feats]))
+        return predict_probs(self.model, x)
+
+    def predict(self, samples) -> pd.DataFrame:
+        probs = self.probabilities(self.parse(samples))
+        k = min(TOP_K, self.n_outputs)
+        top = np.argsort(-probs, axis=1)[:, :k]
+        top_p = np.take_along_axis(probs, top, axis=1)
+        return pd.DataFrame(
+            {
+                "char_id": self.class_ids[top[:, 0]],
+                "character": self.characters[top[:, 0]],
+                "probability": top_p[:, 0].astype(float),
+                "top5_char_ids": [list(r) for r in self.class_ids[top]],
+                "top5_characters": [list(r) for r in self.characters[top]],
+                "top5_probabilities": [[float(p) for p in r] for r in top_p],
+            }
+        )
+
+
+def log_pyfunc(keras_model_path: str, config_path: str, registered_model_name: str | None = None):
+    """Log the pyfunc (with the kana package as code) in the active run; returns ModelInfo."""
+    from pathlib import Path
+
+    import kana
+
+    example = [
+        {"1": [[-0.5, 0.5], [0.0, 0.52], [0.5, 0.5]], "2": [[0.0, 0.8], [0.02, 0.0], [-0.1, -0.7]]}
+    ]
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=KanaClassifier(),
+        artifacts={"keras_model": keras_model_path, "kana_config": config_path},
+        code_paths=[str(Path(kana.__file__).parent)],
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=_pip_requirements(),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ["mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "scikit-learn", "matplotlib", "rich"]
+    out = []
+    for p in pkgs:
+        try:
+            out.append(f"{p}=={version(p)}")
+        except Exception:
+            out.append(p)
+    return out

@@ -1,0 +1,395 @@
+"""Strokes in: reading raw samples safely, from every format kana accepts, and validating them.
+
+A sample is a list of strokes in drawing order, each a float64 array (N, 2) of x, y in [-1, 1]
+with y pointing up (the Kivy app's canvas). This is the one place where raw input becomes that,
+for training (files under `data/raw/<source>/`) and for serving (the pyfunc's input) alike.
+
+Raw pickles come from strangers, so they are read with `SafeUnpickler`, which can build plain
+containers, numbers and numpy arrays and nothing else: any other global is refused before it is
+called, so a payload never runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+import pickle
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kana.classes import ALL_CLASSES, char_id_from_filename, get_class
+
+Strokes = list[np.ndarray]
+
+# Generous limits: real drawings are far inside them, absurd input is refused before any work.
+COORD_BOUND = 1.5  # the canvas is [-1, 1]; a finger may overshoot its edge a little
+MAX_STROKES = 64
+MAX_POINTS_PER_STROKE = 5000
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+RAW_SUFFIXES = (".pickle", ".pkl", ".json", ".charcol", ".charcol.gz", ".tdic")
+
+_CHAR_TO_ID = {c.character: c.char_id for c in ALL_CLASSES}
+
+
+class InvalidSample(ValueError):
+    """A sample that cannot be used; `reason` is a short code that reports count by."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- safe unpickling
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers, numbers, strings and numpy arrays.
+
+    Containers and numbers need no globals; numpy arrays need exactly these. Everything else
+    (os.system, builtins.eval, subprocess, custom classes...) is refused without being called.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+
+
+def safe_unpickle(data: bytes):
+    """Unpickle untrusted bytes with `SafeUnpickler`."""
+    return SafeUnpickler(io.BytesIO(data)).load()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_strokes(obj, where: str = "sample") -> Strokes:
+    """Turn any accepted sample shape into a list of (N, 2) float64 strokes in drawing order.
+
+    Accepted: the app's dict `{1: ndarray (N, 2), ...}` (int or numeric string keys, sorted
+    numerically), a list of strokes, or `{"strokes": [...]}`. Raises InvalidSample naming `where`.
+    """
+    if isinstance(obj, Mapping) and "strokes" in obj and len(obj) <= 3:
+        obj = obj["strokes"]
+    if isinstance(obj, Mapping):
+        keyed = []
+        for key, value in obj.items():
+            try:
+                number = int(key)
+                if isinstance(key, float) or isinstance(key, bool):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise InvalidSample(
+                    "bad_structure", f"{where}: stroke key {key!r} is not a stroke number"
+                ) from None
+            keyed.append((number, value))
+        keyed.sort(key=lambda kv: kv[0])
+        raw_strokes = [v for _, v in keyed]
+    elif isinstance(obj, (list, tuple)):
+        raw_strokes = list(obj)
+    elif isinstance(obj, np.ndarray) and obj.dtype != object and obj.ndim == 3:
+        raw_strokes = list(obj)
+    else:
+        raise InvalidSample(
+            "bad_structure",
+            f"{where}: expected a dict of strokes, a list of strokes or {{'strokes': [...]}}, "
+            f"got {type(obj).__name__}",
+        )
+    if not raw_strokes:
+        raise InvalidSample("empty_sample", f"{where}: has no strokes")
+    if len(raw_strokes) > MAX_STROKES:
+        raise InvalidSample(
+            "too_many_strokes", f"{where}: has {len(raw_strokes)} strokes (at most {MAX_STROKES})"
+        )
+    return [_parse_stroke(s, f"{where}: stroke {i + 1}") for i, s in enumerate(raw_strokes)]
+
+
+def _parse_stroke(raw, where: str) -> np.ndarray:
+    if isinstance(raw, (str, bytes)) or raw is None:
+        raise InvalidSample("bad_structure", f"{where}: expected points, got {type(raw).__name__}")
+    if isinstance(raw, np.ndarray) and raw.dtype.kind not in "iuf":
+        raise InvalidSample("bad_type", f"{where}: points have dtype {raw.dtype}, not numbers")
+    if isinstance(raw, (list, tuple)) and len(raw) > MAX_POINTS_PER_STROKE:
+        raise InvalidSample(
+            "too_many_points", f"{where}: has {len(raw)} points (at most {MAX_POINTS_PER_STROKE})"
+        )
+    try:
+        points = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers") from None
+    if points.ndim != 2 or points.shape[1:] != (2,):
+        if points.size == 0:
+            raise InvalidSample("empty_stroke", f"{where}: has no points")
+        raise InvalidSample(
+            "bad_shape", f"{where}: points have shape {points.shape}, expected (N, 2)"
+        )
+    if points.shape[0] == 0:
+        raise InvalidSample("empty_stroke", f"{where}: has no points")
+    if points.shape[0] > MAX_POINTS_PER_STROKE:
+        raise InvalidSample(
+            "too_many_points",
+            f"{where}: has {points.shape[0]} points (at most {MAX_POINTS_PER_STROKE})",
+        )
+    if not np.isfinite(points).all():
+        raise InvalidSample("non_finite", f"{where}: contains NaN or infinity")
+    if np.abs(points).max() > COORD_BOUND:
+        raise InvalidSample(
+            "out_of_bounds",
+            f"{where}: coordinate {np.abs(points).max():.3g} is outside [-{COORD_BOUND}, {COORD_BOUND}]"
+            " (the app's canvas is [-1, 1])",
+        )
+    return points
+
+
+def check_stroke_count(strokes: Strokes, char_id: str, where: str = "sample") -> None:
+    """Raise InvalidSample when the stroke count is not one the class allows (the notebook's filter)."""
+    allowed = get_class(char_id).stroke_counts
+    if len(strokes) not in allowed:
+        raise InvalidSample(
+            "wrong_stroke_count",
+            f"{where}: {len(strokes)} strokes, but {char_id} is written with "
+            f"{' or '.join(map(str, allowed))}",
+        )
+
+
+def sample_digest(strokes: Strokes) -> str:
+    """A content hash of a sample, so that exact duplicates are counted once."""
+    h = hashlib.blake2b(digest_size=16)
+    for s in strokes:
+        h.update(np.ascontiguousarray(s, dtype=np.float64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- file formats
+
+
+@dataclass
+class RawSample:
+    strokes: Strokes
+    char_id: str
+    source: str
+    path: str  # file name, with "#k" for the k-th sample of a collection file
+
+
+@dataclass
+class Rejection:
+    path: str
+    source: str
+    char_id: str | None
+    reason: str
+    message: str
+
+
+@dataclass
+class LoadReport:
+    samples: list[RawSample] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def _read_bytes(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InvalidSample("too_large", f"{path.name}: {size} bytes (at most {MAX_FILE_BYTES})")
+    return path.read_bytes()
+
+
+def load_pickle_sample(path: Path) -> Strokes:
+    """One app sample from a pickle, through the safe unpickler."""
+    try:
+        obj = safe_unpickle(_read_bytes(path))
+    except InvalidSample:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise InvalidSample("refused_pickle", f"{path.name}: {exc}") from None
+    except Exception as exc:  # truncated or garbage files raise many types
+        raise InvalidSample(
+            "unreadable", f"{path.name}: not a readable pickle ({type(exc).__name__}: {exc})"
+        ) from None
+    return parse_strokes(obj, path.name)
+
+
+def load_json_sample(path: Path) -> Strokes:
+    """One sample from JSON: `{"1": [[x, y], ...]}`, a list of strokes, or `{"strokes": [...]}`."""
+    try:
+        obj = json.loads(_read_bytes(path).decode("utf-8"))
+    except InvalidSample:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidSample("unreadable", f"{path.name}: not valid JSON ({exc})") from None
+    return parse_strokes(obj, path.name)
+
+
+def _id_for_character(character: str, where: str) -> str:
+    cid = _CHAR_TO_ID.get(character.strip())
+    if cid is None:
+        raise InvalidSample("unknown_char_id", f"{where}: character {character!r} is not a class")
+    return cid
+
+
+def read_tegaki_charcol(path: Path, canvas: float = 1000.0) -> Iterator[tuple[str, object]]:
+    """Tegaki character collections (XML, optionally gzipped), y down on a `canvas`-wide square.
+
+    Yields (char_id, strokes) or (None, InvalidSample) per character, so one bad character does not
+    lose the rest of the file.
+    """
+    data = _read_bytes(path)
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except Exception as exc:
+            raise InvalidSample("unreadable", f"{path.name}: bad gzip ({exc})") from None
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise InvalidSample("unreadable", f"{path.name}: bad XML ({exc})") from None
+    half = canvas / 2.0
+    for k, char in enumerate(root.iter("character")):
+        where = f"{path.name}#{k}"
+        try:
+            cid = _id_for_character(char.findtext("utf8") or "", where)
+            strokes = []
+            for stroke in char.iter("stroke"):
+                pts = [(float(p.get("x")), float(p.get("y"))) for p in stroke.iter("point")]
+                strokes.append([(x / half - 1.0, 1.0 - y / half) for x, y in pts])
+            yield cid, parse_strokes(strokes, where)
+        except InvalidSample as exc:
+            yield None, exc
+        except (TypeError, ValueError) as exc:
+            yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
+
+
+def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, object]]:
+    """Tomoe dictionaries (`.tdic`): a character line, `:n` stroke count, then one
+    `:m (x y) (x y) ...` line per stroke, on a 320x320 canvas with y down."""
+    try:
+        text = _read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSample("unreadable", f"{path.name}: not UTF-8 ({exc})") from None
+    half = canvas / 2.0
+    entries: list[tuple[str, list[list[tuple[float, float]]]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith(":"):
+            entries.append((line, []))
+            continue
+        if not entries:
+            continue
+        body = line[1:].split("(", 1)
+        if len(body) == 1:  # the stroke-count line
+            continue
+        pts = []
+        for pair in body[1].replace(")", " ").split("("):
+            nums = pair.split()
+            if len(nums) == 2:
+                pts.append((float(nums[0]) / half - 1.0, 1.0 - float(nums[1]) / half))
+        entries[-1][1].append(pts)
+    for k, (character, strokes) in enumerate(entries):
+        where = f"{path.name}#{k}"
+        try:
+            yield _id_for_character(character, where), parse_strokes(strokes, where)
+        except InvalidSample as exc:
+            yield None, exc
+
+
+def iter_raw_files(raw_dir: Path) -> Iterator[Path]:
+    """Every raw file under `raw_dir`, in a stable order."""
+    for path in sorted(raw_dir.rglob("*")):
+        if path.is_file() and path.name.lower().endswith(RAW_SUFFIXES):
+            yield path
+
+
+def source_of(path: Path, raw_dir: Path) -> str:
+    """The contributor/device folder a file sits in (its first folder under raw_dir)."""
+    rel = path.relative_to(raw_dir)
+    return rel.parts[0] if len(rel.parts) > 1 else raw_dir.name
+
+
+def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None) -> LoadReport:
+    """Load, parse and validate every raw file under `raw_dir`.
+
+    Nothing here raises for one bad file: each rejected file or sample is named in the report with
+    its reason, and everything valid is kept. `class_ids` limits the classes kept (others are
+    rejected as `not_in_class_set`).
+    """
+    raw_dir = Path(raw_dir)
+    report = LoadReport()
+    if not raw_dir.exists():
+        return report
+    for path in iter_raw_files(raw_dir):
+        source = source_of(path, raw_dir)
+        name = path.relative_to(raw_dir).as_posix()
+        lower = path.name.lower()
+        try:
+            if lower.endswith((".charcol", ".charcol.gz", ".tdic")):
+                reader = read_tomoe_tdic if lower.endswith(".tdic") else read_tegaki_charcol
+                for k, (cid, result) in enumerate(reader(path)):
+                    _accept(report, result, cid, source, f"{name}#{k}", class_ids)
+                continue
+            cid = char_id_from_filename(path.name)
+            if cid is None:
+                raise InvalidSample(
+                    "unknown_char_id", f"{name}: file name does not start with a known char_id"
+                )
+            loader = load_json_sample if lower.endswith(".json") else load_pickle_sample
+            _accept(report, loader(path), cid, source, name, class_ids)
+        except InvalidSample as exc:
+            report.rejections.append(
+                Rejection(name, source, char_id_from_filename(path.name), exc.reason, str(exc))
+            )
+        except OSError as exc:
+            report.rejections.append(Rejection(name, source, None, "unreadable", f"{name}: {exc}"))
+    return report
+
+
+def _accept(report, result, cid, source, name, class_ids) -> None:
+    if isinstance(result, InvalidSample):
+        report.rejections.append(Rejection(name, source, cid, result.reason, str(result)))
+        return
+    if class_ids is not None and cid not in class_ids:
+        report.rejections.append(
+            Rejection(name, source, cid, "not_in_class_set", f"{name}: {cid} is not in the class set")
+        )
+        return
+    try:
+        check_stroke_count(result, cid, name)
+    except InvalidSample as exc:
+        report.rejections.append(Rejection(name, source, cid, exc.reason, str(exc)))
+        return
+    report.samples.append(RawSample(result, cid, source, name))
+
+
+def strokes_to_app_dict(strokes: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """The app's raw format: `{1: ndarray (N, 2), 2: ...}`."""
+    return {i + 1: np.asarray(s, dtype=np.float64) for i, s in enumerate(strokes)}
+
+
+def save_app_pickle(strokes: Sequence[np.ndarray], path: Path) -> None:
+    """Write a sample exactly as the app does (a pickled dict of arrays)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump(strokes_to_app_dict(strokes), fh, protocol=4)
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

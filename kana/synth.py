@@ -1,0 +1,357 @@
+"""Synthetic handwriting in the app's raw format, from KanjiVG stroke-order vectors.
+
+The original app's data were never published, so kana makes its default training data here:
+each sample starts from a KanjiVG glyph (strokes in drawing order, shipped in the `kanjivg` PyPI
+package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen records it:
+
+- the whole character varies in size, position, slant (rotation), shear and aspect;
+- each stroke is placed a little off (shift, turn, scale about its centre) and wobbles smoothly;
+- points are recorded at a fixed rate while the pen moves with a speed profile that slows at
+  stroke ends and corners, so points crowd there and thin out on fast straight runs; fast writers
+  and pen-input dictionaries give few points per stroke (down to the turning points alone);
+- sometimes strokes are joined (only where the class allows the lower count), and stroke ends
+  get small hooks towards the next stroke;
+- compounds (きゃ...) are a full kana plus a small ゃ/ゅ/ょ at lower right.
+
+Everything is driven by one numpy Generator, so a seed gives the same samples on every machine.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from kana.classes import KanaClass
+
+KANJIVG_CREDIT = "KanjiVG (c) Ulrich Apel, CC BY-SA 3.0, https://kanjivg.tagaini.net"
+_KVG_SIZE = 109.0
+_NUMBER = re.compile(r"[-+]?(?:\d*\.\d+|\d+\.?)(?:[eE][-+]?\d+)?")
+_COMMAND = re.compile(r"[MmCcSsLlHhVvZzQqTt]")
+
+
+# --------------------------------------------------------------------------- KanjiVG templates
+
+
+@lru_cache(maxsize=1)
+def kanjivg_dir() -> Path:
+    """The folder of KanjiVG SVGs that the `kanjivg` package installs (no download)."""
+    try:
+        path = Path(metadata.distribution("kanjivg").locate_file("kanji"))
+    except metadata.PackageNotFoundError:
+        raise RuntimeError("the kanjivg package is not installed: pip install kanjivg") from None
+    if not path.is_dir():
+        raise RuntimeError(f"kanjivg is installed but {path} is missing")
+    return path
+
+
+def _cubic(p0, p1, p2, p3, n: int = 12) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, n)[1:, None]
+    mt = 1.0 - t
+    return mt**3 * p0 + 3 * mt**2 * t * p1 + 3 * mt * t**2 * p2 + t**3 * p3
+
+
+def parse_svg_path(d: str) -> np.ndarray:
+    """An SVG path (the subset KanjiVG uses: M, C, S, L, H, V, Z, absolute or relative) -> polyline."""
+    tokens = re.findall(rf"{_COMMAND.pattern}|{_NUMBER.pattern}", d)
+    pts: list[np.ndarray] = []
+    cur = np.zeros(2)
+    start = np.zeros(2)
+    last_ctrl = None
+    cmd = None
+    i = 0
+
+    def take(k):
+        nonlocal i
+        vals = np.array([float(v) for v in tokens[i : i + k]])
+        i += k
+        return vals
+
+    while i < len(tokens):
+        if _COMMAND.fullmatch(tokens[i]):
+            cmd = tokens[i]
+            i += 1
+            if cmd in "Zz":
+                pts.append(start.copy())
+                cur = start.copy()
+                continue
+        rel = cmd.islower()
+        base = cur if rel else np.zeros(2)
+        c = cmd.upper()
+        if c == "M":
+            cur = base + take(2)
+            start = cur.copy()
+            pts.append(cur.copy())
+            cmd = "l" if rel else "L"  # implicit lineto after moveto
+            last_ctrl = None
+        elif c == "L":
+            cur = base + take(2)
+            pts.append(cur.copy())
+            last_ctrl = None
+        elif c == "H":
+            x = take(1)[0]
+            cur = np.array([cur[0] + x if rel else x, cur[1]])
+            pts.append(cur.copy())
+            last_ctrl = None
+        elif c == "V":
+            y = take(1)[0]
+            cur = np.array([cur[0], cur[1] + y if rel else y])
+            pts.append(cur.copy())
+            last_ctrl = None
+        elif c == "C":
+            v = take(6)
+            p1, p2, p3 = base + v[0:2], base + v[2:4], base + v[4:6]
+            pts.extend(_cubic(cur, p1, p2, p3))
+            cur, last_ctrl = p3, p2
+        elif c == "S":
+            v = take(4)
+            p1 = 2 * cur - last_ctrl if last_ctrl is not None else cur.copy()
+            p2, p3 = base + v[0:2], base + v[2:4]
+            pts.extend(_cubic(cur, p1, p2, p3))
+            cur, last_ctrl = p3, p2
+        else:
+            raise ValueError(f"unsupported SVG path command {cmd!r}")
+    return np.asarray(pts)
+
+
+@lru_cache(maxsize=8192)
+def glyph_strokes(character: str) -> tuple[np.ndarray, ...]:
+    """KanjiVG strokes of one character as dense polylines in app coordinates (y up, [-1, 1])."""
+    path = kanjivg_dir() / f"{ord(character):05x}.svg"
+    if not path.exists():
+        raise KeyError(f"KanjiVG has no glyph for {character!r} ({path.name})")
+    text = path.read_text(encoding="utf-8")
+    strokes = []
+    for d in re.findall(r'<path[^>]*\sd="([^"]+)"', text):
+        pts = parse_svg_path(d) / (_KVG_SIZE / 2.0) - 1.0
+        pts[:, 1] = -pts[:, 1]
+        strokes.append(pts)
+    return tuple(strokes)
+
+
+def kanji_characters(limit: int, seed: int = 0, max_strokes: int = 16) -> list[str]:
+    """`limit` common-range CJK characters (U+4E00..U+9FFF) that KanjiVG has, chosen by seed."""
+    names = sorted(p.stem for p in kanjivg_dir().glob("*.svg") if "-" not in p.stem)
+    chars = [chr(int(n, 16)) for n in names if 0x4E00 <= int(n, 16) <= 0x9FFF]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(chars)
+    picked = []
+    for ch in chars:
+        if len(glyph_strokes(ch)) <= max_strokes:
+            picked.append(ch)
+        if len(picked) == limit:
+            break
+    return sorted(picked)
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+def _arclength(p: np.ndarray) -> np.ndarray:
+    seg = np.hypot(*np.diff(p, axis=0).T)
+    return np.concatenate([[0.0], np.cumsum(seg)])
+
+
+def _densify(p: np.ndarray, step: float = 0.01) -> np.ndarray:
+    """Resample a polyline at (about) uniform arclength `step`."""
+    s = _arclength(p)
+    if s[-1] <= 0:
+        return p[:1].copy()
+    n = max(2, int(np.ceil(s[-1] / step)) + 1)
+    t = np.linspace(0.0, s[-1], n)
+    return np.column_stack([np.interp(t, s, p[:, 0]), np.interp(t, s, p[:, 1])])
+
+
+def _turning(p: np.ndarray) -> np.ndarray:
+    """Absolute turning angle at each point of a dense polyline (0 at the ends)."""
+    if len(p) < 3:
+        return np.zeros(len(p))
+    d = np.diff(p, axis=0)
+    ang = np.arctan2(d[:, 1], d[:, 0])
+    turn = np.abs((np.diff(ang) + np.pi) % (2 * np.pi) - np.pi)
+    return np.concatenate([[0.0], turn, [0.0]])
+
+
+def _rotation(theta: float) -> np.ndarray:
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, amplitude: float) -> np.ndarray:
+    """Low-frequency 2D wobble along n points: a few random sinusoids per axis."""
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    freq = rng.uniform(0.3, 2.5, size=(1, 3))
+    phase = rng.uniform(0, 2 * np.pi, size=(2, 3))
+    amp = rng.normal(0, amplitude, size=(2, 3)) / np.sqrt(3)
+    return np.column_stack(
+        [(amp[k] * np.sin(2 * np.pi * freq * t + phase[k])).sum(axis=1) for k in range(2)]
+    )
+
+
+# --------------------------------------------------------------------------- the writer model
+
+
+def record_stroke(rng: np.random.Generator, dense: np.ndarray, pace: float) -> np.ndarray:
+    """Sample a dense polyline the way a touch screen records a moving finger.
+
+    Speed follows a bell over the stroke (slow at touch-down and lift-off) and drops at corners;
+    points are taken at a fixed rate with a little timing jitter. `pace` is canvas units per
+    sample at full speed: small for slow careful writers (many points), large for fast ones.
+    """
+    if len(dense) < 2:
+        return dense.copy()
+    s = _arclength(dense)
+    total = s[-1]
+    if total <= 1e-9:
+        return dense[:1].copy()
+    u = s / total
+    bell = 0.25 + 0.75 * np.sin(np.pi * np.clip(u, 0, 1)) ** 0.6
+    corner = 1.0 / (1.0 + 6.0 * _turning(dense))
+    corner = np.convolve(corner, np.ones(5) / 5, mode="same")
+    speed = np.maximum(bell * corner, 0.05)
+    seg_time = np.diff(s) / (0.5 * (speed[1:] + speed[:-1]))
+    t = np.concatenate([[0.0], np.cumsum(seg_time)]) / pace
+    n = max(2, int(t[-1]) + 1)
+    ticks = np.arange(n, dtype=float) + rng.uniform(-0.25, 0.25, n)
+    ticks = np.sort(np.clip(ticks, 0.0, t[-1]))
+    ticks[0], ticks[-1] = 0.0, t[-1]
+    pts = np.column_stack([np.interp(ticks, t, dense[:, 0]), np.interp(ticks, t, dense[:, 1])])
+    return pts
+
+
+def turning_points(dense: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Ends plus the points where a stroke turns sharply: how pen dictionaries such as Tomoe
+    record strokes (2-9 points each)."""
+    if len(dense) < 3:
+        return dense.copy()
+    smooth = np.convolve(_turning(dense), np.ones(7), mode="same")
+    keep = [0]
+    for i in range(1, len(dense) - 1):
+        if smooth[i] > threshold and smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1]:
+            if i - keep[-1] > 3:
+                keep.append(i)
+    # long gentle curves: a few extra points so the shape survives
+    extra = np.linspace(0, len(dense) - 1, 4).astype(int)[1:-1] if len(keep) < 3 else []
+    idx = sorted(set(keep) | set(extra) | {len(dense) - 1})
+    return dense[idx]
+
+
+def _join(strokes: list[np.ndarray], target: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Join consecutive strokes (closest end-to-start gaps first) until `target` remain."""
+    strokes = list(strokes)
+    while len(strokes) > target:
+        gaps = [np.hypot(*(strokes[i + 1][0] - strokes[i][-1])) for i in range(len(strokes) - 1)]
+        gaps = np.asarray(gaps) * rng.uniform(0.8, 1.25, len(gaps))
+        i = int(np.argmin(gaps))
+        bridge = _densify(np.vstack([strokes[i][-1], strokes[i + 1][0]]))
+        strokes[i : i + 2] = [np.vstack([strokes[i], bridge[1:-1], strokes[i + 1]])]
+    return strokes
+
+
+def _hook(stroke: np.ndarray, towards: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A short flick at a stroke's end towards where the pen goes next."""
+    end = stroke[-1]
+    direction = towards - end
+    norm = np.hypot(*direction)
+    if norm < 1e-6:
+        return stroke
+    tail = end + direction / norm * rng.uniform(0.03, 0.09) * np.linspace(0, 1, 5)[1:, None]
+    return np.vstack([stroke, tail])
+
+
+def _template(kana: KanaClass, rng: np.random.Generator) -> list[np.ndarray]:
+    """The KanjiVG strokes of a class; compounds are a full kana plus a small kana at lower right."""
+    if not kana.is_compound:
+        return [s.copy() for s in glyph_strokes(kana.character)]
+    base = [s.copy() for s in glyph_strokes(kana.character[0])]
+    small = [s.copy() for s in glyph_strokes(kana.character[1])]
+    # Squeeze the base to the left and move the small kana (drawn low in its own box) right.
+    base_scale = rng.uniform(0.62, 0.75)
+    base = [s * base_scale + np.array([-0.35, 0.12]) + rng.normal(0, 0.03, 2) for s in base]
+    small_scale = rng.uniform(0.75, 1.0)
+    small_shift = np.array([0.55, 0.0]) + rng.normal(0, 0.04, 2)
+    small = [s * small_scale + small_shift for s in small]
+    return base + small
+
+
+def synthesize_sample(
+    kana: KanaClass | str,
+    rng: np.random.Generator,
+    allowed_counts: tuple[int, ...] | None = None,
+) -> list[np.ndarray]:
+    """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
+    app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up."""
+    if isinstance(kana, str):
+        strokes = [s.copy() for s in glyph_strokes(kana)]
+    else:
+        strokes = _template(kana, rng)
+        allowed_counts = allowed_counts or kana.stroke_counts
+    strokes = [_densify(s) for s in strokes]
+    size = np.ptp(np.vstack(strokes), axis=0).max()
+
+    # per-stroke placement: shift, turn and scale about the stroke's centre
+    placed = []
+    for s in strokes:
+        c = s.mean(axis=0)
+        m = _rotation(rng.normal(0, 0.06)) * rng.uniform(0.88, 1.12)
+        s = (s - c) @ m.T + c + rng.normal(0, 0.025 * size, 2)
+        s = s + _smooth_noise(rng, len(s), 0.012 * size)
+        placed.append(s)
+    strokes = placed
+
+    # occasional hooks towards the next stroke, and joined strokes where the class allows it
+    for i in range(len(strokes) - 1):
+        if rng.random() < 0.12:
+            strokes[i] = _hook(strokes[i], strokes[i + 1][0], rng)
+    if allowed_counts:
+        fewer = [k for k in allowed_counts if k < len(strokes)]
+        if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
+            strokes = _join(strokes, int(rng.choice(fewer)), rng)
+
+    # the whole character: slant, shear, aspect, size and position on the canvas
+    m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])
+    m = m @ np.diag([rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.15)])
+    allpts = np.vstack(strokes)
+    centre = (allpts.min(axis=0) + allpts.max(axis=0)) / 2
+    strokes = [(s - centre) @ m.T for s in strokes]
+    allpts = np.vstack(strokes)
+    extent = np.ptp(allpts, axis=0).max()
+    target = rng.uniform(0.8, 1.85)  # the drawing spans 40%..92% of the canvas
+    scale = target / max(extent, 1e-6)
+    strokes = [s * scale for s in strokes]
+    allpts = np.vstack(strokes)
+    lo, hi = allpts.min(axis=0), allpts.max(axis=0)
+    room_lo, room_hi = -0.98 - lo, 0.98 - hi
+    shift = rng.uniform(np.minimum(room_lo, room_hi), np.maximum(room_lo, room_hi))
+    strokes = [s + shift for s in strokes]
+
+    # how it is recorded: a touch screen at a fixed rate, or a pen dictionary's turning points
+    if rng.random() < 0.15:
+        recorded = [turning_points(s) for s in strokes]
+    else:
+        pace = float(np.exp(rng.uniform(np.log(0.01), np.log(0.12))))
+        recorded = [record_stroke(rng, s, pace * rng.uniform(0.8, 1.25)) for s in strokes]
+        if rng.random() < 0.5:  # touch-down often reported twice, as in the app's example
+            recorded = [np.vstack([r[:1], r]) for r in recorded]
+    return [np.clip(r, -1.0, 1.0) for r in recorded]
+
+
+def synthesize_dataset(
+    classes: list[KanaClass] | list[str], per_class: int, seed: int
+) -> list[tuple[str, list[np.ndarray]]]:
+    """`per_class` samples of each class (or KanjiVG character), as (label, strokes) pairs.
+
+    Each class gets its own Generator derived from (seed, class index), so results do not depend
+    on the order or subset of classes synthesized.
+    """
+    out = []
+    for kana in classes:
+        label = kana if isinstance(kana, str) else kana.char_id
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
+        for _ in range(per_class):
+            out.append((label, synthesize_sample(kana, rng)))
+    return out

@@ -1,0 +1,79 @@
+"""MLflow plumbing shared by every entry point: the experiment, run lookup, artifact helpers.
+
+Every entry point honours MLFLOW_TRACKING_URI; with none set, MLflow uses its default local
+SQLite store (./mlflow.db). Runs go to the experiment `kana` (KANA_EXPERIMENT overrides it)
+unless `mlflow run` already started the run in another experiment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT_NAME = os.environ.get("KANA_EXPERIMENT", "kana")
+ENTRY_POINT_TAG = "kana.entry_point"
+
+
+@contextmanager
+def kana_run(entry_point: str, run_name: str | None = None, tags: dict | None = None):
+    """Start (or, under `mlflow run`, attach to) the run of one entry point, tagged with its name."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(EXPERIMENT_NAME)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({ENTRY_POINT_TAG: entry_point, **(tags or {})})
+        if run_name:
+            mlflow.set_tag("mlflow.runName", run_name)
+        yield run
+
+
+def experiment_ids() -> list[str]:
+    """Where to look for earlier runs: the active run's experiment, then `kana`."""
+    ids = []
+    active = mlflow.active_run()
+    if active:
+        ids.append(active.info.experiment_id)
+    exp = MlflowClient().get_experiment_by_name(EXPERIMENT_NAME)
+    if exp and exp.experiment_id not in ids:
+        ids.append(exp.experiment_id)
+    return ids
+
+
+def latest_finished_run(entry_point: str, extra_filter: str = ""):
+    """The newest FINISHED run of an entry point, or None."""
+    flt = f"tags.`{ENTRY_POINT_TAG}` = '{entry_point}' and attributes.status = 'FINISHED'"
+    if extra_filter:
+        flt += f" and {extra_filter}"
+    runs = MlflowClient().search_runs(
+        experiment_ids(), filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def log_figure_png(fig, artifact_file: str) -> None:
+    """Log a matplotlib figure and close it (figures pile up in long runs otherwise)."""
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except Exception:
+        return None
+
+
+@contextmanager
+def scratch_dir():
+    with tempfile.TemporaryDirectory(prefix="kana-") as d:
+        yield Path(d)

@@ -1,0 +1,452 @@
+"""Training: one loop for every family, so runs log the same things under the same names.
+
+`train_family` loads a processed dataset (by preprocess run id), builds the family's model, fits
+it with balanced class weights and early stopping (best weights restored), and logs params,
+per-epoch metrics (MLflow's Keras autolog), final metrics, plots, the model and the config the
+pyfunc needs to read raw samples the same way. The three entry points are thin wrappers.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kana import features
+from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
+from kana.tracking import kana_run, log_figure_png
+
+FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes"}
+KANJI_BASE_MODEL_NAME = "kana-kanji-base"
+
+
+@dataclass
+class ModelConfig:
+    """What serving needs to turn raw samples into this model's input and its output into labels."""
+
+    family: str
+    input_kind: str  # "raster" | "strokes"
+    class_ids: list[str]
+    n_points: int
+    max_strokes: int
+    class_set: str
+    dataset_run_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls(**json.loads(text))
+
+
+def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.ndarray | None = None):
+    """The model's input batch from resampled strokes (and rasters, when already rendered)."""
+    if config.input_kind == "raster":
+        if rasters is None:
+            rasters = np.stack([features.render_raster(r) for r in resampled])
+        return raster_batch_to_input(rasters)
+    return np.stack([features.lstm_tensor(r, config.max_strokes) for r in resampled])
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and TF seeds. Op determinism is not forced: on CPU, results repeat to
+    float tolerance run to run, and forcing it slows training for no gain here."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience, seed, augment,
+         class_weight, learning_rate):
+    """Compile and fit with early stopping; returns (history dict, seconds per epoch list)."""
+    import keras
+    import tensorflow as tf
+
+    from kana.models import augmentation
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    epoch_seconds: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.t0)
+
+    callbacks = [
+        EpochTimer(),
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=patience, restore_best_weights=True
+        ),
+    ]
+    if augment:
+        aug = augmentation(seed)
+        train = (
+            tf.data.Dataset.from_tensor_slices((x_train, y_train))
+            .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        fit_args = {"x": train}
+    else:
+        fit_args = {"x": x_train, "y": y_train, "batch_size": batch_size, "shuffle": True}
+    history = model.fit(
+        **fit_args,
+        validation_data=(x_val, y_val) if len(x_val) else None,
+        epochs=epochs,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return history.history, epoch_seconds
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """scikit-learn's 'balanced' weights for the classes present (the notebook's choice)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    out = {int(c): 1.0 for c in range(n_classes)}
+    out.update({int(c): float(w) for c, w in zip(present, weights)})
+    return out
+
+
+def train_family(
+    family: str,
+    build_model,
+    params: dict,
+    *,
+    dataset_run_id: str = "",
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    patience: int = 3,
+    seed: int = 127,
+    real_dir: str = "",
+    augment: bool = False,
+    extra_tags: dict | None = None,
+) -> str:
+    """Train one family on a processed dataset and log everything; returns the run id.
+
+    `build_model(config, ds)` returns an uncompiled Keras model.
+    """
+    import mlflow
+
+    from kana import evaluation, plots
+
+    ds, dataset_run_id = load_dataset(dataset_run_id or None)
+    meta = ds.meta
+    config = ModelConfig(
+        family=family,
+        input_kind=FAMILY_INPUT[family],
+        class_ids=meta["class_ids"],
+        n_points=meta["n_points"],
+        max_strokes=meta["max_strokes"],
+        class_set=meta["class_set"],
+        dataset_run_id=dataset_run_id,
+    )
+    run_name = f"{family}-{meta['class_set']}"
+    tags = {"model_family": family, "kana.dataset_run_id": dataset_run_id, **(extra_tags or {})}
+    with kana_run(f"train_{family}", run_name=run_name, tags=tags) as run:
+        seed_everything(seed)
+        idx = {s: ds.indices(s) for s in ("train", "val", "test")}
+        mlflow.log_params(
+            {
+                **params,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "patience": patience,
+                "seed": seed,
+                "augment": augment,
+                "class_set": meta["class_set"],
+                "n_classes": len(config.class_ids),
+                "dataset_run_id": dataset_run_id,
+                "dataset_digest": meta["digest"],
+                "n_train": len(idx["train"]),
+                "n_val": len(idx["val"]),
+                "n_test": len(idx["test"]),
+                "real_dir": real_dir,
+            }
+        )
+        mlflow.log_input(
+            mlflow.data.from_numpy(
+                ds.rasters, targets=ds.labels, name=f"kana-{meta['class_set']}", digest=meta["digest"]
+            ),
+            context="training",
+        )
+        x = {s: _dataset_inputs(config, ds, i) for s, i in idx.items()}
+        y = {s: ds.labels[i] for s, i in idx.items()}
+        model = build_model(config, ds)
+        mlflow.keras.autolog(
+            log_models=False, log_datasets=False, log_model_signatures=False, silent=True
+        )
+        t0 = time.perf_counter()
+        history, epoch_seconds = _fit(
+            model, x["train"], y["train"], x["val"], y["val"],
+            epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, augment=augment,
+            class_weight=balanced_class_weights(y["train"], len(config.class_ids)),
+            learning_rate=learning_rate,
+        )
+        train_seconds = time.perf_counter() - t0
+        mlflow.keras.autolog(disable=True)
+
+        log_figure_png(plots.fit_history_figure(history, run_name), "fit_history.png")
+        metrics = {
+            "train_seconds": train_seconds,
+            "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
+            "epochs_run": len(epoch_seconds),
+        }
+        names = ds.manifest["path"].tolist()
+        for split in ("val", "test"):
+            if len(idx[split]):
+                probs = predict_probs(model, x[split])
+                metrics.update(
+                    evaluation.log_split_evaluation(
+                        split, y[split], probs, config.class_ids, ds.rasters[idx[split]],
+                        [names[i] for i in idx[split]],
+                    )
+                )
+        if real_dir:
+            metrics.update(evaluate_real(model, config, real_dir))
+        metrics["peak_rss_mb"] = peak_rss_mb()
+        # Final metrics go one step after the last epoch, so per-epoch histories stay intact and
+        # the latest val_accuracy is the restored (best) model's.
+        mlflow.log_metrics(metrics, step=len(epoch_seconds))
+
+        example = x["test"][:2] if len(x["test"]) else x["train"][:2]
+        signature = mlflow.models.infer_signature(example, predict_probs(model, example))
+        info = mlflow.keras.log_model(model, name="model", signature=signature)
+        mlflow.log_text(config.to_json(), "kana_config.json")
+        mlflow.set_tag("kana.model_uri", info.model_uri)
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "accuracy" in k)
+        print(f"{family} run {run.info.run_id}: {summary}")
+        return run.info.run_id
+
+
+def _dataset_inputs(config: ModelConfig, ds: ProcessedDataset, idx: np.ndarray) -> np.ndarray:
+    if config.input_kind == "raster":
+        return ds.cnn_inputs(idx)
+    return ds.lstm_inputs(idx)
+
+
+def predict_probs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities, calling the model directly (no `predict` overhead)."""
+    out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
+
+
+def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]:
+    """Score real handwriting (never trained on) read with the same loader and features."""
+    import mlflow
+
+    from kana import evaluation
+    from kana.strokes import load_raw_dir
+
+    report = load_raw_dir(Path(real_dir), set(config.class_ids))
+    label_of = {c: i for i, c in enumerate(config.class_ids)}
+    if not report.samples:
+        print(f"real_dir {real_dir}: no usable samples")
+        return {"real_n_samples": 0}
+    feats = [featurize(s.strokes, config.n_points) for s in report.samples]
+    resampled = [f[0] for f in feats]
+    rasters = np.stack([f[1] for f in feats])
+    y = np.array([label_of[s.char_id] for s in report.samples])
+    probs = predict_probs(model, model_inputs(config, resampled, rasters))
+    metrics = evaluation.log_split_evaluation(
+        "real", y, probs, config.class_ids, rasters, [s.path for s in report.samples]
+    )
+    metrics["real_n_samples"] = len(y)
+    if report.rejections:
+        mlflow.log_text(
+            "\n".join(f"{r.path}\t{r.reason}\t{r.message}" for r in report.rejections),
+            "evaluation/real_rejected.tsv",
+        )
+    return metrics
+
+
+# --------------------------------------------------------------------------- the three families
+
+
+def train_cnn(dataset_run_id: str = "", epochs: int = 8, batch_size: int = 64,
+              learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 40,
+              seed: int = 127, real_dir: str = "", augment: bool = True) -> str:
+    """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation."""
+    from kana.models import build_cnn
+
+    def build(config, ds):
+        return build_cnn(len(config.class_ids), ds.cnn_inputs(ds.indices("train")[:1]).shape[1:], dense_units)
+
+    return train_family(
+        "cnn", build, {"dense_units": dense_units}, dataset_run_id=dataset_run_id, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
+        real_dir=real_dir, augment=augment,
+    )
+
+
+def train_lstm(dataset_run_id: str = "", epochs: int = 15, batch_size: int = 32,
+               learning_rate: float = 2e-3, patience: int = 3, units: int = 128,
+               dropout: float = 0.1, dense_units: int = 40, seed: int = 127,
+               real_dir: str = "") -> str:
+    """MLflow entry point `train_lstm`. The notebook used units=400, learning_rate=3e-5,
+    batch_size=10 (all reachable as params); the defaults train in minutes on 2 CPU cores."""
+    from kana.models import build_lstm
+
+    def build(config, ds):
+        return build_lstm(len(config.class_ids), config.n_points, 4 * config.max_strokes, units,
+                          dropout, dense_units)
+
+    return train_family(
+        "lstm", build, {"units": units, "dropout": dropout, "dense_units": dense_units},
+        dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
+    )
+
+
+def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
+                   base_source: str = "kanjivg", n_frozen: int = 3, epochs: int = 8,
+                   batch_size: int = 64, learning_rate: float = 5e-4, patience: int = 3,
+                   dense_units: int = 40, kanji_classes: int = 400, kanji_per_class: int = 24,
+                   base_epochs: int = 4, seed: int = 127, real_dir: str = "",
+                   augment: bool = True) -> str:
+    """MLflow entry point `train_transfer`: a CNN base trained on other characters, fine-tuned.
+
+    The base comes from `base_model_uri` when given; otherwise the latest `kana-kanji-base`
+    version trained with the same settings is reused, and only when there is none is one trained
+    (on kanji synthesized from KanjiVG, or on Kuzushiji-49 when `base_source` is a folder of its
+    .npz files) and registered.
+    """
+    import mlflow
+
+    from kana.models import build_transfer
+
+    base_settings = {
+        "base_source": base_source, "kanji_classes": kanji_classes,
+        "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "seed": seed,
+    }
+    uri = base_model_uri or find_kanji_base(base_settings)
+
+    def build(config, ds):
+        nonlocal uri
+        if not uri:
+            uri = train_kanji_base(**base_settings)
+        base = mlflow.keras.load_model(uri)
+        return build_transfer(base, len(config.class_ids), n_frozen, dense_units)
+
+    return train_family(
+        "transfer", build,
+        {"base_model_uri": base_model_uri, "n_frozen": n_frozen, "dense_units": dense_units,
+         "base_source": base_source, "kanji_classes": kanji_classes,
+         "kanji_per_class": kanji_per_class, "base_epochs": base_epochs},
+        dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
+        augment=augment, extra_tags={"kana.base_model_uri": base_model_uri or "kana-kanji-base"},
+    )
+
+
+def _base_tags(settings: dict) -> dict[str, str]:
+    return {f"kana.{k}": str(v) for k, v in settings.items()}
+
+
+def find_kanji_base(settings: dict) -> str:
+    """The newest registered `kana-kanji-base` version trained with these settings, or ''."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{KANJI_BASE_MODEL_NAME}'")
+    except Exception:
+        return ""
+    wanted = _base_tags(settings)
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        if all(v.tags.get(k) == val for k, val in wanted.items()):
+            return f"models:/{KANJI_BASE_MODEL_NAME}/{v.version}"
+    return ""
+
+
+def load_kuzushiji_npz(folder: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Kuzushiji-49 as distributed (`k49-train-imgs.npz`, `k49-train-labels.npz`, key `arr_0`,
+    28x28 uint8 ink-bright images) -> 32x32 rasters padded like kana's, labels, class count."""
+    folder = Path(folder)
+    imgs_path, labels_path = folder / "k49-train-imgs.npz", folder / "k49-train-labels.npz"
+    for p in (imgs_path, labels_path):
+        if not p.exists():
+            raise FileNotFoundError(f"Kuzushiji-49 file missing: {p}")
+    with np.load(imgs_path) as z:
+        imgs = z["arr_0"]
+    with np.load(labels_path) as z:
+        labels = z["arr_0"].astype(np.int64)
+    if imgs.ndim != 3 or imgs.shape[1:] != (28, 28) or len(imgs) != len(labels):
+        raise ValueError(f"{imgs_path}: expected (N, 28, 28) images matching {len(labels)} labels, got {imgs.shape}")
+    pad = features.RASTER_PAD
+    rasters = np.pad(imgs.astype(np.uint8), ((0, 0), (pad, pad), (pad, pad)))
+    return rasters, labels, int(labels.max()) + 1
+
+
+def kanji_rasters(kanji_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Synthesized KanjiVG kanji rendered with the same raster recipe as kana's own samples."""
+    from kana.synth import kanji_characters, synthesize_dataset
+
+    chars = kanji_characters(kanji_classes, seed)
+    label_of = {c: i for i, c in enumerate(chars)}
+    samples = synthesize_dataset(chars, per_class, seed)
+    rasters = np.stack([featurize(s, features.N_POINTS)[1] for _, s in samples])
+    labels = np.array([label_of[c] for c, _ in samples])
+    return rasters, labels, len(chars)
+
+
+def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int, base_epochs: int,
+                     seed: int) -> str:
+    """Train the CNN base on other characters in a nested run and register it; returns its URI."""
+    import mlflow
+
+    from kana.models import build_cnn
+
+    settings = {"base_source": base_source, "kanji_classes": kanji_classes,
+                "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "seed": seed}
+    with mlflow.start_run(run_name="kanji-base", nested=True):
+        mlflow.set_tags({"kana.entry_point": "kanji_base", **_base_tags(settings)})
+        mlflow.log_params(settings)
+        if base_source == "kanjivg":
+            rasters, labels, n_classes = kanji_rasters(kanji_classes, kanji_per_class, seed)
+        else:
+            rasters, labels, n_classes = load_kuzushiji_npz(base_source)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(labels))
+        n_val = max(1, len(order) // 10)
+        val, train = order[:n_val], order[n_val:]
+        x = raster_batch_to_input(rasters)
+        model = build_cnn(n_classes, x.shape[1:])
+        mlflow.log_params({"n_classes": n_classes, "n_train": len(train), "n_val": len(val)})
+        mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
+        history, epoch_seconds = _fit(
+            model, x[train], labels[train], x[val], labels[val], epochs=base_epochs, batch_size=64,
+            patience=2, seed=seed, augment=True, class_weight=None, learning_rate=1e-3,
+        )
+        mlflow.keras.autolog(disable=True)
+        mlflow.log_metrics({"seconds_per_epoch": float(np.mean(epoch_seconds)),
+                            "peak_rss_mb": peak_rss_mb()})
+        info = mlflow.keras.log_model(model, name="model", registered_model_name=KANJI_BASE_MODEL_NAME)
+        from mlflow.tracking import MlflowClient
+
+        version = info.registered_model_version
+        for k, v in _base_tags(settings).items():
+            MlflowClient().set_model_version_tag(KANJI_BASE_MODEL_NAME, version, k, v)
+        return f"models:/{KANJI_BASE_MODEL_NAME}/{version}"
