@@ -316,7 +316,7 @@ def preprocess(
     import mlflow
 
     from kana import plots
-    from kana.tracking import kana_run, log_figure_png, scratch_dir
+    from kana.tracking import kana_run, log_figure_png, log_params, scratch_dir
 
     params = {
         "raw_dir": raw_dir,
@@ -327,7 +327,7 @@ def preprocess(
         "max_strokes": max_strokes or class_table.max_strokes(class_set),
     }
     with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
-        mlflow.log_params(params)
+        log_params(params)
         ds, _ = build_dataset(
             raw_dir if raw_dir and Path(raw_dir).exists() else None,
             class_set,

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from kana.tracking import experiment_ids, git_commit, kana_run
+from kana.tracking import experiment_ids, git_commit, kana_run, log_params
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def main(
     """Run the whole pipeline and print a table of the families and the champion."""
     commit = git_commit()
     with kana_run("main", run_name=f"main-{class_set}"):
-        mlflow.log_params({
+        log_params({
             "class_set": class_set, "synthetic_per_class": synthetic_per_class,
             "raw_dir": raw_dir, "real_dir": real_dir, "seed": seed, "model_name": model_name,
         })

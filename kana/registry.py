@@ -16,7 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from kana.tracking import ENTRY_POINT_TAG, experiment_ids, kana_run, latest_finished_run
+from kana.tracking import ENTRY_POINT_TAG, experiment_ids, kana_run, latest_finished_run, log_params
 
 MODEL_NAME = "kana-classifier"
 CHAMPION = "champion"
@@ -53,7 +53,7 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
             if latest is None:
                 raise RuntimeError("no FINISHED preprocess run: nothing to choose a champion for")
             dataset_run_id = latest.info.run_id
-        mlflow.log_params({"model_name": model_name, "dataset_run_id": dataset_run_id,
+        log_params({"model_name": model_name, "dataset_run_id": dataset_run_id,
                            "selection_metric": SELECTION_METRIC})
         candidates = [r for r in training_runs(dataset_run_id) if SELECTION_METRIC in r.data.metrics]
         if not candidates:

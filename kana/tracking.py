@@ -32,6 +32,21 @@ def kana_run(entry_point: str, run_name: str | None = None, tags: dict | None = 
         yield run
 
 
+def log_params(params: dict) -> None:
+    """Log params; where `mlflow run` already logged a key from the command line with another
+    spelling or a placeholder ("" for "the latest", 0 for "automatic"), the value actually used
+    goes to `<key>_resolved` (MLflow refuses to change a logged param)."""
+    run_id = mlflow.active_run().info.run_id
+    logged = MlflowClient().get_run(run_id).data.params
+    out = {}
+    for key, value in params.items():
+        if key not in logged:
+            out[key] = value
+        elif logged[key] != str(value):
+            out[f"{key}_resolved"] = value
+    mlflow.log_params(out)
+
+
 def experiment_ids() -> list[str]:
     """Where to look for earlier runs: the active run's experiment, then `kana`."""
     ids = []

@@ -18,7 +18,7 @@ import numpy as np
 
 from kana import features
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
-from kana.tracking import kana_run, log_figure_png
+from kana.tracking import kana_run, log_figure_png, log_params
 
 FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes"}
 KANJI_BASE_MODEL_NAME = "kana-kanji-base"
@@ -167,7 +167,7 @@ def train_family(
     with kana_run(f"train_{family}", run_name=run_name, tags=tags) as run:
         seed_everything(seed)
         idx = {s: ds.indices(s) for s in ("train", "val", "test")}
-        mlflow.log_params(
+        log_params(
             {
                 **params,
                 "epochs": epochs,
@@ -423,7 +423,7 @@ def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int,
                 "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "seed": seed}
     with mlflow.start_run(run_name="kanji-base", nested=True):
         mlflow.set_tags({"kana.entry_point": "kanji_base", **_base_tags(settings)})
-        mlflow.log_params(settings)
+        log_params(settings)
         if base_source == "kanjivg":
             rasters, labels, n_classes = kanji_rasters(kanji_classes, kanji_per_class, seed)
         else:
@@ -434,7 +434,7 @@ def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int,
         val, train = order[:n_val], order[n_val:]
         x = raster_batch_to_input(rasters)
         model = build_cnn(n_classes, x.shape[1:])
-        mlflow.log_params({"n_classes": n_classes, "n_train": len(train), "n_val": len(val)})
+        log_params({"n_classes": n_classes, "n_train": len(train), "n_val": len(val)})
         mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
         history, epoch_seconds = _fit(
             model, x[train], labels[train], x[val], labels[val], epochs=base_epochs, batch_size=64,
