@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import math
 import pickle
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +49,10 @@ class InvalidSample(ValueError):
 # --------------------------------------------------------------------------- safe unpickling
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for something other than containers, numbers and numpy arrays."""
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles only plain containers, numbers, strings and numpy arrays.
 
@@ -70,7 +73,7 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+        raise ForbiddenGlobal(f"refused to load global {module}.{name}")
 
 
 def safe_unpickle(data: bytes):
@@ -218,7 +221,7 @@ def load_pickle_sample(path: Path) -> Strokes:
         obj = safe_unpickle(_read_bytes(path))
     except InvalidSample:
         raise
-    except pickle.UnpicklingError as exc:
+    except ForbiddenGlobal as exc:
         raise InvalidSample("refused_pickle", f"{path.name}: {exc}") from None
     except Exception as exc:  # truncated or garbage files raise many types
         raise InvalidSample(
@@ -390,6 +393,3 @@ def save_app_pickle(strokes: Sequence[np.ndarray], path: Path) -> None:
     with open(path, "wb") as fh:
         pickle.dump(strokes_to_app_dict(strokes), fh, protocol=4)
 
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -240,13 +240,21 @@ def turning_points(dense: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return dense[idx]
 
 
-def _join(strokes: list[np.ndarray], target: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Join consecutive strokes (closest end-to-start gaps first) until `target` remain."""
+def _join(strokes: list[np.ndarray], target: int, rng: np.random.Generator,
+          keep_apart: int | None = None) -> list[np.ndarray]:
+    """Join consecutive strokes (closest end-to-start gaps first) until `target` remain.
+
+    Only the first `keep_apart` strokes may join (a compound's base kana: the table's alternative
+    counts come from it, and nobody joins the small kana to it)."""
     strokes = list(strokes)
     while len(strokes) > target:
         gaps = [np.hypot(*(strokes[i + 1][0] - strokes[i][-1])) for i in range(len(strokes) - 1)]
         gaps = np.asarray(gaps) * rng.uniform(0.8, 1.25, len(gaps))
+        if keep_apart is not None:
+            gaps[keep_apart - 1 :] = np.inf
         i = int(np.argmin(gaps))
+        if keep_apart is not None and i < keep_apart:
+            keep_apart -= 1
         bridge = _densify(np.vstack([strokes[i][-1], strokes[i + 1][0]]))
         strokes[i : i + 2] = [np.vstack([strokes[i], bridge[1:-1], strokes[i + 1]])]
     return strokes
@@ -263,19 +271,29 @@ def _hook(stroke: np.ndarray, towards: np.ndarray, rng: np.random.Generator) -> 
     return np.vstack([stroke, tail])
 
 
-def _template(kana: KanaClass, rng: np.random.Generator) -> list[np.ndarray]:
-    """The KanjiVG strokes of a class; compounds are a full kana plus a small kana at lower right."""
+def _normalised(strokes, extent: float) -> list[np.ndarray]:
+    """Strokes moved so their bounding box is centred on 0 and scaled to `extent` (max side)."""
+    allpts = np.vstack(strokes)
+    lo, hi = allpts.min(axis=0), allpts.max(axis=0)
+    scale = extent / max(float((hi - lo).max()), 1e-6)
+    return [(s - (lo + hi) / 2) * scale for s in strokes]
+
+
+def _template(kana: KanaClass, rng: np.random.Generator) -> tuple[list[np.ndarray], int | None]:
+    """The KanjiVG strokes of a class; compounds are a full kana plus a small kana at lower right,
+    about half its height, as people write きゃ. Also returns a compound's base stroke count."""
     if not kana.is_compound:
-        return [s.copy() for s in glyph_strokes(kana.character)]
-    base = [s.copy() for s in glyph_strokes(kana.character[0])]
-    small = [s.copy() for s in glyph_strokes(kana.character[1])]
-    # Squeeze the base to the left and move the small kana (drawn low in its own box) right.
-    base_scale = rng.uniform(0.62, 0.75)
-    base = [s * base_scale + np.array([-0.35, 0.12]) + rng.normal(0, 0.03, 2) for s in base]
-    small_scale = rng.uniform(0.75, 1.0)
-    small_shift = np.array([0.55, 0.0]) + rng.normal(0, 0.04, 2)
-    small = [s * small_scale + small_shift for s in small]
-    return base + small
+        return [s.copy() for s in glyph_strokes(kana.character)], None
+    base = _normalised(glyph_strokes(kana.character[0]), 1.0)
+    small = _normalised(glyph_strokes(kana.character[1]), rng.uniform(0.4, 0.6))
+    base_lo, base_hi = np.vstack(base).min(axis=0), np.vstack(base).max(axis=0)
+    small_lo, small_hi = np.vstack(small).min(axis=0), np.vstack(small).max(axis=0)
+    gap = rng.uniform(0.03, 0.2)
+    shift = np.array([
+        base_hi[0] + gap - small_lo[0],
+        base_lo[1] + rng.uniform(-0.05, 0.12) - small_lo[1],  # bottoms roughly aligned
+    ])
+    return base + [s + shift for s in small], len(base)
 
 
 def synthesize_sample(
@@ -285,10 +303,11 @@ def synthesize_sample(
 ) -> list[np.ndarray]:
     """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
     app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up."""
+    n_base = None
     if isinstance(kana, str):
         strokes = [s.copy() for s in glyph_strokes(kana)]
     else:
-        strokes = _template(kana, rng)
+        strokes, n_base = _template(kana, rng)
         allowed_counts = allowed_counts or kana.stroke_counts
     strokes = [_densify(s) for s in strokes]
     size = np.ptp(np.vstack(strokes), axis=0).max()
@@ -310,7 +329,7 @@ def synthesize_sample(
     if allowed_counts:
         fewer = [k for k in allowed_counts if k < len(strokes)]
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
-            strokes = _join(strokes, int(rng.choice(fewer)), rng)
+            strokes = _join(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])

@@ -2,7 +2,7 @@
 
 `train_family` loads a processed dataset (by preprocess run id), builds the family's model, fits
 it with balanced class weights and early stopping (best weights restored), and logs params,
-per-epoch metrics (MLflow's Keras autolog), final metrics, plots, the model and the config the
+per-epoch metrics (MLflow's Keras callback), final metrics, plots, the model and the config the
 pyfunc needs to read raw samples the same way. The three entry points are thin wrappers.
 """
 
@@ -88,8 +88,13 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
         def on_epoch_end(self, epoch, logs=None):
             epoch_seconds.append(time.perf_counter() - self.t0)
 
+    import mlflow
+
     callbacks = [
         EpochTimer(),
+        # MLflow's Keras callback logs loss/accuracy/val_* per epoch. (Autolog would too, but it
+        # logs fit()'s batch_size=None for tf.data input, clashing with our batch_size param.)
+        mlflow.keras.MlflowCallback(),
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=patience, restore_best_weights=True
         ),
@@ -195,9 +200,6 @@ def train_family(
         x = {s: _dataset_inputs(config, ds, i) for s, i in idx.items()}
         y = {s: ds.labels[i] for s, i in idx.items()}
         model = build_model(config, ds)
-        mlflow.keras.autolog(
-            log_models=False, log_datasets=False, log_model_signatures=False, silent=True
-        )
         t0 = time.perf_counter()
         history, epoch_seconds = _fit(
             model, x["train"], y["train"], x["val"], y["val"],
@@ -206,7 +208,6 @@ def train_family(
             learning_rate=learning_rate,
         )
         train_seconds = time.perf_counter() - t0
-        mlflow.keras.autolog(disable=True)
 
         log_figure_png(plots.fit_history_figure(history, run_name), "fit_history.png")
         metrics = {
@@ -435,12 +436,10 @@ def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int,
         x = raster_batch_to_input(rasters)
         model = build_cnn(n_classes, x.shape[1:])
         log_params({"n_classes": n_classes, "n_train": len(train), "n_val": len(val)})
-        mlflow.keras.autolog(log_models=False, log_datasets=False, silent=True)
         history, epoch_seconds = _fit(
             model, x[train], labels[train], x[val], labels[val], epochs=base_epochs, batch_size=64,
             patience=2, seed=seed, augment=True, class_weight=None, learning_rate=1e-3,
         )
-        mlflow.keras.autolog(disable=True)
         mlflow.log_metrics({"seconds_per_epoch": float(np.mean(epoch_seconds)),
                             "peak_rss_mb": peak_rss_mb()})
         info = mlflow.keras.log_model(model, name="model", registered_model_name=KANJI_BASE_MODEL_NAME)

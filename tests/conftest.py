@@ -1,0 +1,98 @@
+"""Shared fixtures: the real MLflow pipeline, run once per session on a tiny configuration."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+EXPERIMENT = "kana-test"
+MODEL_NAME = "kana-classifier-test"
+
+# Small enough for CI's 2 cores (about 3 minutes), large enough to exercise every step.
+TINY = {
+    "class_set": "basic46",
+    "synthetic_per_class": 6,
+    "cnn_epochs": 2,
+    "transfer_epochs": 2,
+    "lstm_epochs": 2,
+    "kanji_classes": 10,
+    "kanji_per_class": 4,
+    "base_epochs": 1,
+    "model_name": MODEL_NAME,
+}
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path | None = None):
+    """A raw folder as contributors make it: app pickles per source, plus some bad files."""
+    from kana.classes import class_set
+    from kana.strokes import save_app_pickle
+    from kana.synth import synthesize_sample
+
+    rng = np.random.default_rng(seed)
+    for kana in class_set("basic46"):
+        for k in range(per_class):
+            save_app_pickle(synthesize_sample(kana, rng), root / "alice" / f"{kana.char_id}{k:05d}.pickle")
+    if hostile_marker is not None:
+        (root / "mallory").mkdir(parents=True, exist_ok=True)
+        (root / "mallory" / "a00001.pickle").write_bytes(pickle.dumps({1: _Payload(hostile_marker)}))
+        (root / "mallory" / "i00001.pickle").write_bytes(b"\x80\x04truncated")
+    return root
+
+
+@dataclass
+class Pipeline:
+    tmp: Path
+    tracking_uri: str
+    experiment_id: str
+    main_run_id: str
+    raw_dir: Path
+    real_dir: Path
+    hostile_marker: Path
+
+    def runs(self, entry_point: str):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri).search_runs(
+            [self.experiment_id], f"tags.`kana.entry_point` = '{entry_point}'",
+            order_by=["attributes.start_time DESC"],
+        )
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Pipeline:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    marker = tmp / "payload-ran"
+    raw_dir = write_raw_data(tmp / "raw", seed=11, per_class=2, hostile_marker=marker)
+    real_dir = write_raw_data(tmp / "real", seed=12, per_class=1)
+    experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
+    submitted = mlflow.projects.run(
+        str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",
+        parameters={**TINY, "raw_dir": str(raw_dir), "real_dir": str(real_dir)},
+    )
+    assert submitted.get_status() == "FINISHED"
+    yield Pipeline(tmp, uri, experiment_id, submitted.run_id, raw_dir, real_dir, marker)
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old

@@ -1,0 +1,78 @@
+"""Preprocessing without MLflow: splits, deduplication, features, saving and loading."""
+
+import numpy as np
+import pytest
+
+from kana.dataset import build_dataset, read_dataset, save_dataset, split_per_source_and_class
+from kana.strokes import save_app_pickle
+from kana.synth import synthesize_sample
+from kana.classes import get_class
+
+
+def test_split_is_70_10_20_within_every_source_and_class_and_seeded():
+    sources = ["a"] * 100 + ["b"] * 50 + ["a"] * 10
+    ids = ["ka"] * 100 + ["ka"] * 50 + ["ki"] * 10
+    split = split_per_source_and_class(sources, ids, seed=127)
+    for lo, hi, n in ((0, 100, 100), (100, 150, 50), (150, 160, 10)):
+        counts = np.bincount(split[lo:hi], minlength=3)
+        assert counts.tolist() == [round(n * 0.7), round(n * 0.1), round(n * 0.2)]
+    assert np.array_equal(split, split_per_source_and_class(sources, ids, seed=127))
+    assert not np.array_equal(split, split_per_source_and_class(sources, ids, seed=1))
+    # adding another group does not move anyone in the existing groups
+    more = split_per_source_and_class(sources + ["c"] * 5, ids + ["ka"] * 5, seed=127)
+    assert np.array_equal(more[:160], split)
+
+
+def test_single_sample_groups_go_to_train():
+    assert split_per_source_and_class(["x"], ["a"], seed=0).tolist() == [0]
+
+
+@pytest.fixture
+def raw_dir(tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        save_app_pickle(synthesize_sample(get_class("ku"), rng), tmp_path / "bob" / f"ku{i}.pickle")
+    dup = synthesize_sample(get_class("i"), rng)
+    save_app_pickle(dup, tmp_path / "bob" / "i1.pickle")
+    save_app_pickle(dup, tmp_path / "carol" / "i1-copy.pickle")  # same drawing, other folder
+    save_app_pickle(dup[:1], tmp_path / "carol" / "i2.pickle")  # wrong stroke count
+    (tmp_path / "carol" / "ka1.pickle").write_bytes(b"truncated")
+    return tmp_path
+
+
+def test_build_dataset_mixes_real_and_synthetic_and_reports_every_rejection(raw_dir):
+    ds, _ = build_dataset(raw_dir, "basic46", synthetic_per_class=3, seed=1, progress=False)
+    m = ds.manifest
+    kept = m[m.reason == ""]
+    assert len(kept) == ds.meta["n_samples_kept"] == 46 * 3 + 4 + 1
+    assert set(kept.source) == {"synthetic-kanjivg", "bob"}
+    assert dict(m[m.reason != ""].set_index("path").reason) == {
+        "carol/i1-copy.pickle": "duplicate",
+        "carol/i2.pickle": "wrong_stroke_count",
+        "carol/ka1.pickle": "unreadable",
+    }
+    assert ds.meta["dropped"] == {"duplicate": 1, "wrong_stroke_count": 1, "unreadable": 1}
+    assert ds.rasters.shape == (len(kept), 32, 32)
+    assert ds.points.shape == (ds.offsets[-1], 120, 2)
+    assert ds.points.dtype == np.float32
+    assert ds.lstm_inputs(np.arange(3)).shape == (3, 120, 4 * 4)  # basic46: at most 4 strokes
+    assert ds.cnn_inputs(np.arange(3)).max() <= 1.0
+
+
+def test_dataset_round_trip_and_damage_detection(raw_dir, tmp_path):
+    ds, _ = build_dataset(raw_dir, "basic46", synthetic_per_class=1, seed=1, progress=False)
+    folder = save_dataset(ds, tmp_path / "out")
+    back = read_dataset(folder)
+    assert back.meta == ds.meta
+    assert np.array_equal(back.rasters, ds.rasters) and np.array_equal(back.points, ds.points)
+    arrays = dict(np.load(folder / "arrays.npz"))
+    arrays["labels"] = arrays["labels"][::-1].copy()
+    np.savez(folder / "arrays.npz", **arrays)
+    with pytest.raises(ValueError, match="damaged"):
+        read_dataset(folder)
+
+
+def test_parallel_and_serial_preprocessing_agree():
+    a, _ = build_dataset(None, "basic46", synthetic_per_class=50, seed=3, workers=1, progress=False)
+    b, _ = build_dataset(None, "basic46", synthetic_per_class=50, seed=3, workers=2, progress=False)
+    assert a.meta["digest"] == b.meta["digest"]

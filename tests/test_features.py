@@ -1,0 +1,134 @@
+"""Stroke maths against known values: geomdl equality, the notebook's printed numbers, y flip,
+direction features, padding."""
+
+import numpy as np
+import pytest
+
+from kana.features import (
+    bspline_basis,
+    clamped_uniform_knots,
+    lstm_tensor,
+    render_raster,
+    resample_stroke,
+    resample_stroke_geomdl,
+    resample_strokes,
+    stroke_directions,
+    to_image_coords,
+)
+
+# Stroke 1 of the notebook's raw ぞ sample and the first resampled points it printed (y flipped).
+NOTEBOOK_STROKE = np.array([
+    [-0.63829786, 0.54441524], [-0.59969783, 0.54115534], [-0.52203854, 0.53634429],
+    [-0.28445774, 0.52590561], [-0.18277665, 0.52704024], [-0.11830277, 0.53096032],
+    [-0.07959127, 0.53289294], [-0.05653203, 0.534132], [-0.06179174, 0.52601171],
+    [-0.19258281, 0.38362145], [-0.28640158, 0.2893858], [-0.38861911, 0.19933558],
+    [-0.46727445, 0.13545966], [-0.51671651, 0.09681916], [-0.54672268, 0.07867789],
+    [-0.54990232, 0.07755327], [-0.50747295, 0.10083437], [-0.23254772, 0.1803453],
+    [0.09554889, 0.21719646], [0.23005591, 0.23266578], [0.29517465, 0.24193215],
+    [0.35456353, 0.25031304], [0.36077711, 0.25031304], [0.36175251, 0.2513938],
+    [0.35126064, 0.25526381], [0.31375249, 0.25627375], [0.1178258, 0.17634535],
+    [0.01229286, 0.09003234], [-0.06159948, 0.00566602], [-0.09971903, -0.06441617],
+    [-0.10062052, -0.13813257], [0.05016579, -0.3305881], [0.18437094, -0.37684441],
+    [0.28934664, -0.38636184], [0.46767394, -0.35640216],
+])
+NOTEBOOK_FIRST_POINTS = np.array([
+    [-0.63829786, -0.54441524], [-0.60672055, -0.54194369], [-0.57271578, -0.53968049],
+    [-0.53395568, -0.53746331], [-0.48813958, -0.53513149], [-0.43542595, -0.53267543],
+    [-0.38035868, -0.53035499], [-0.32793501, -0.52845787], [-0.28294698, -0.52725816],
+    [-0.24661001, -0.5267928],
+])
+
+
+def test_resample_reproduces_the_notebook_printout():
+    out = to_image_coords(resample_stroke(NOTEBOOK_STROKE, 120))
+    assert out.shape == (120, 2)
+    np.testing.assert_allclose(out[:10], NOTEBOOK_FIRST_POINTS, atol=1e-8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 9, 35, 120, 500])
+def test_resample_equals_geomdl(n):
+    rng = np.random.default_rng(n)
+    pts = rng.uniform(-1, 1, (n, 2))
+    for n_points in (120, 64, 7):
+        diff = np.abs(resample_stroke(pts, n_points) - resample_stroke_geomdl(pts, n_points)).max()
+        assert diff <= 1e-9
+
+
+def test_resampled_curve_is_clamped_to_the_stroke_ends():
+    pts = np.array([[0.0, 0.0], [0.3, 0.9], [0.6, -0.2], [1.0, 0.5], [0.2, 0.1]])
+    out = resample_stroke(pts)
+    np.testing.assert_allclose(out[0], pts[0], atol=1e-12)
+    np.testing.assert_allclose(out[-1], pts[-1], atol=1e-12)
+
+
+def test_basis_is_a_partition_of_unity_and_cached():
+    for n in (2, 3, 4, 10, 77):
+        basis = bspline_basis(n, 120)
+        np.testing.assert_allclose(basis.sum(axis=1), 1.0, atol=1e-12)
+        assert basis is bspline_basis(n, 120)
+        assert not basis.flags.writeable
+
+
+def test_knots_match_geomdl():
+    from geomdl import utilities
+
+    for degree, n in ((3, 4), (3, 10), (2, 3), (1, 2)):
+        np.testing.assert_allclose(
+            clamped_uniform_knots(degree, n), utilities.generate_knot_vector(degree, n), atol=1e-12
+        )
+
+
+def test_single_point_stroke_resamples_to_that_point():
+    out = resample_stroke(np.array([[0.25, -0.5]]))
+    assert out.shape == (120, 2)
+    np.testing.assert_allclose(out, [[0.25, -0.5]] * 120)
+
+
+def test_raster_flips_y_so_up_is_the_top_of_the_image():
+    # A horizontal bar high on the canvas and a dot low on it: after the flip the bar is on top.
+    strokes = [np.array([[-0.8, 0.9], [0.8, 0.9]]), np.array([[0.0, -0.9], [0.01, -0.9]])]
+    img = render_raster(resample_strokes(strokes))
+    assert img.shape == (32, 32) and img.dtype == np.uint8
+    rows = np.flatnonzero(img.max(axis=1))
+    assert rows.min() == 2 and rows.max() == 29  # fitted into 28x28, padded by 2
+    top_row_ink = (img[rows.min()] > 0).sum()
+    bottom_row_ink = (img[rows.max()] > 0).sum()
+    assert top_row_ink > 20 and bottom_row_ink <= 3
+
+
+def test_raster_keeps_aspect_and_centres():
+    tall = [np.array([[0.0, -0.5], [0.0, 0.5]])]
+    img = render_raster(resample_strokes(tall))
+    cols = np.flatnonzero(img.max(axis=0))
+    assert len(cols) == 1 and cols[0] in (15, 16)  # a centred vertical line, not stretched wide
+
+
+def test_directions_of_straight_strokes_in_image_coordinates():
+    right = to_image_coords(resample_stroke(np.array([[-0.5, 0.0], [0.5, 0.0]])))
+    up = to_image_coords(resample_stroke(np.array([[0.0, -0.5], [0.0, 0.5]])))
+    np.testing.assert_allclose(stroke_directions(right), [[1.0, 0.0]] * 120, atol=1e-12)
+    # drawn upwards on the app canvas = towards smaller y in image coordinates
+    np.testing.assert_allclose(stroke_directions(up), [[0.0, -1.0]] * 120, atol=1e-12)
+
+
+def test_directions_fill_pauses_from_neighbours_and_dots_get_zero():
+    pts = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    d = stroke_directions(pts)
+    np.testing.assert_allclose(d[0], [1.0, 0.0])  # pause before moving right: takes the next
+    np.testing.assert_allclose(d[-1], [0.0, 1.0])
+    assert np.isfinite(d).all()
+    assert not stroke_directions(np.zeros((5, 2))).any()
+
+
+def test_lstm_tensor_layout_scaling_and_padding():
+    strokes = [np.array([[-0.5, 0.5], [0.5, 0.5]]), np.array([[0.0, 0.5], [0.0, -0.5]])]
+    t = lstm_tensor(resample_strokes(strokes), max_strokes=4)
+    assert t.shape == (120, 16) and t.dtype == np.float32
+    # stroke 1: x from -0.5 to 0.5 -> (x+1)/2 from 0.25 to 0.75; y=0.5 up -> -0.5 image -> 0.25
+    np.testing.assert_allclose(t[[0, -1], 0], [0.25, 0.75], atol=1e-6)
+    np.testing.assert_allclose(t[:, 1], 0.25, atol=1e-6)
+    np.testing.assert_allclose(t[:, 2:4], [[1.0, 0.5]] * 120, atol=1e-6)  # cos 1, sin 0
+    np.testing.assert_allclose(t[:, 6:8], [[0.5, 1.0]] * 120, atol=1e-6)  # stroke 2 goes down
+    np.testing.assert_allclose(t[:, 8:], 0.5)  # zero padding, scaled like the notebook
+    with pytest.raises(ValueError, match="at most 1"):
+        lstm_tensor(resample_strokes(strokes), max_strokes=1)

@@ -1,0 +1,286 @@
+"""End to end: `main` through MLflow Projects on a tiny configuration, then everything a user
+touches afterwards: the logged runs, the registered champion, the pyfunc and `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from conftest import MODEL_NAME, PROJECT_DIR, TINY
+
+FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
+FINAL_METRICS = [
+    "val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy",
+    "test_weighted_precision", "test_weighted_recall", "test_weighted_f1", "test_macro_f1",
+    "real_accuracy", "real_balanced_accuracy",
+]
+
+
+def _artifacts(client, run_id, path=None):
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+def test_preprocess_logged_the_dataset_and_its_report(pipeline):
+    client = MlflowClient(pipeline.tracking_uri)
+    (run,) = pipeline.runs("preprocess")
+    assert run.info.status == "FINISHED"
+    m, p = run.data.metrics, run.data.params
+    assert m["n_samples_kept"] == 46 * TINY["synthetic_per_class"] + 46 * 2
+    assert m["dropped_refused_pickle"] == 1 and m["dropped_unreadable"] == 1
+    assert m["n_train"] + m["n_val"] + m["n_test"] == m["n_samples_kept"]
+    assert p["class_set"] == "basic46" and len(p["dataset_digest"]) == 16
+    assert not pipeline.hostile_marker.exists()
+    files = _artifacts(client, run.info.run_id)
+    for name in ("dataset/arrays.npz", "dataset/manifest.csv", "dataset/dataset.json",
+                 "class_balance.png", "samples_grid.png", "per_class_counts.csv",
+                 "dropped_per_reason_and_class.csv"):
+        assert name in files
+    manifest = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="dataset/manifest.csv"), keep_default_na=False)
+    rejected = manifest[manifest.reason != ""].set_index("path").reason.to_dict()
+    assert rejected == {"mallory/a00001.pickle": "refused_pickle", "mallory/i00001.pickle": "unreadable"}
+    assert set(manifest[manifest.reason == ""].source) == {"alice", "synthetic-kanjivg"}
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [p["dataset_digest"]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_logged_comparable_metrics_history_and_artifacts(pipeline, family):
+    client = MlflowClient(pipeline.tracking_uri)
+    (run,) = pipeline.runs(FAMILIES[family])
+    (prep,) = pipeline.runs("preprocess")
+    m = run.data.metrics
+    assert run.data.tags["model_family"] == family
+    assert run.data.tags["kana.dataset_run_id"] == prep.info.run_id
+    assert run.data.params["dataset_digest"] == prep.data.params["dataset_digest"]
+    for name in FINAL_METRICS:
+        assert 0.0 <= m[name] <= 1.0, name
+    assert m["train_seconds"] > 0 and m["seconds_per_epoch"] > 0 and m["peak_rss_mb"] > 100
+    assert m["real_n_samples"] == 46
+    epochs = int(m["epochs_run"])
+    assert 1 <= epochs <= 2
+    for name in ("loss", "accuracy", "val_loss"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == epochs, name
+    # per-epoch val_accuracy, then the restored best model's score one step later
+    val_hist = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [h.step for h in val_hist] == list(range(epochs)) + [epochs]
+    files = _artifacts(client, run.info.run_id)
+    for name in ("fit_history.png", "kana_config.json", "evaluation/test_confusion_matrix.png",
+                 "evaluation/test_per_class_metrics.csv", "evaluation/test_misclassified.png",
+                 "evaluation/real_per_class_metrics.csv"):
+        assert name in files, name
+    model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
+    assert model.output_shape[-1] == 46
+    assert mlflow.models.get_model_info(run.data.tags["kana.model_uri"]).signature is not None
+
+
+def test_transfer_base_was_trained_once_and_registered(pipeline):
+    client = MlflowClient(pipeline.tracking_uri)
+    versions = client.search_model_versions("name = 'kana-kanji-base'")
+    assert len(versions) == 1
+    assert versions[0].tags["kana.kanji_classes"] == str(TINY["kanji_classes"])
+    (run,) = pipeline.runs("train_transfer")
+    model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
+    assert [layer.trainable for layer in model.layers[:3]] == [False] * 3
+    assert all(layer.trainable for layer in model.layers[3:])
+
+
+def test_champion_is_the_best_validation_run_and_tagged(pipeline):
+    client = MlflowClient(pipeline.tracking_uri)
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    runs = [pipeline.runs(ep)[0] for ep in FAMILIES.values()]
+    best = max(runs, key=lambda r: r.data.metrics["val_balanced_accuracy"])
+    assert version.tags["val_balanced_accuracy"] == f"{best.data.metrics['val_balanced_accuracy']:.6f}"
+    source = client.get_run(version.tags["source_run_id"])
+    assert source.data.metrics["val_balanced_accuracy"] == best.data.metrics["val_balanced_accuracy"]
+    assert version.tags["model_family"] == source.data.tags["model_family"]
+    summary = client.download_artifacts(pipeline.main_run_id, "summary.txt")
+    text = open(summary).read()
+    assert "champion" in text and all(f in text for f in FAMILIES)
+
+
+def _real_samples(pipeline, n=6):
+    from kana.strokes import load_raw_dir
+
+    report = load_raw_dir(pipeline.real_dir)
+    return report.samples[:n]
+
+
+def test_champion_pyfunc_reads_raw_samples_in_every_shape(pipeline):
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    samples = _real_samples(pipeline)
+    app_dicts = [{i + 1: s for i, s in enumerate(x.strokes)} for x in samples]
+    json_dicts = [{str(i + 1): s.tolist() for i, s in enumerate(x.strokes)} for x in samples]
+    stroke_lists = [[s.tolist() for s in x.strokes] for x in samples]
+    out = model.predict(app_dicts)
+    assert list(out.columns[:3]) == ["char_id", "character", "probability"]
+    assert {"top5_char_ids", "top5_characters", "top5_probabilities"} <= set(out.columns)
+    assert len(out) == len(samples)
+    for other in (json_dicts, stroke_lists):
+        pd.testing.assert_frame_equal(model.predict(other), out)
+    reversed_out = model.predict(app_dicts[::-1]).iloc[::-1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(reversed_out, out)  # one row per sample, in order
+    for _, row in out.iterrows():
+        p = row["top5_probabilities"]
+        assert row["char_id"] == row["top5_char_ids"][0] and p == sorted(p, reverse=True)
+        assert 0 < row["probability"] <= 1
+
+
+def test_pyfunc_gives_the_trained_models_predictions(pipeline):
+    """Serving runs the same preprocessing as training: same probabilities as the Keras model."""
+    from kana.dataset import featurize
+    from kana.training import ModelConfig, model_inputs, predict_probs
+
+    client = MlflowClient(pipeline.tracking_uri)
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    run = client.get_run(version.tags["source_run_id"])
+    keras_model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
+    config = ModelConfig.from_json(mlflow.artifacts.load_text(
+        f"runs:/{run.info.run_id}/kana_config.json"))
+    samples = _real_samples(pipeline, 10)
+    feats = [featurize(s.strokes, config.n_points) for s in samples]
+    expected = predict_probs(keras_model, model_inputs(config, [f[0] for f in feats]))
+    out = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(
+        [{i + 1: s for i, s in enumerate(x.strokes)} for x in samples])
+    top = np.array(config.class_ids)[expected.argmax(axis=1)]
+    assert out.char_id.tolist() == top.tolist()
+    np.testing.assert_allclose(out.probability, expected.max(axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ([{}], "sample 0: has no strokes"),
+        ([{"1": []}], "sample 0: stroke 1: has no points"),
+        ([{"1": [[0.1, float("nan")]]}], "NaN"),
+        ([{"1": [["a", "b"]]}], "pairs of numbers"),
+        ([{"1": [[0.1, 0.2, 0.3]]}], "expected (N, 2)"),
+        ([[[[0.0, 0.0]]] * 10_000], "10000 strokes"),
+        ([[[[0.0, 0.0]]] * 20], "no class of this model has more than 4"),
+        ([{"1": [[0, 0]]}, "oops"], "sample 1"),
+        ([], "no samples"),
+    ],
+)
+def test_pyfunc_names_what_is_wrong_with_bad_input(pipeline, bad, fragment):
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    with pytest.raises(MlflowException, match="") as exc:
+        model.predict(bad)
+    assert fragment in str(exc.value)
+
+
+def test_rerunning_main_reuses_finished_steps_and_keeps_the_champion(pipeline):
+    client = MlflowClient(pipeline.tracking_uri)
+    before = {ep: len(pipeline.runs(ep)) for ep in ("preprocess", *FAMILIES.values())}
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    submitted = mlflow.projects.run(
+        str(PROJECT_DIR), "main", experiment_id=pipeline.experiment_id, env_manager="local",
+        parameters={**TINY, "raw_dir": str(pipeline.raw_dir), "real_dir": str(pipeline.real_dir)},
+    )
+    assert submitted.get_status() == "FINISHED"
+    after = {ep: len(pipeline.runs(ep)) for ep in before}
+    assert after == before
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
+    assert len(pipeline.runs("register")) == 2
+    assert pipeline.runs("register")[0].data.tags["champion_changed"] == "false"
+
+
+# --------------------------------------------------------------------------- serving over HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, payload, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(payload).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=data,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def served(pipeline):
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager",
+         "local", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": pipeline.tracking_uri},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except Exception:
+                if proc.poll() is not None:
+                    raise RuntimeError("mlflow models serve exited before answering")
+                time.sleep(1)
+        else:
+            raise RuntimeError("mlflow models serve did not answer /ping in 180 s")
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_served_champion_answers_raw_dicts_and_stroke_lists(pipeline, served):
+    samples = _real_samples(pipeline)
+    local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(
+        [[s.tolist() for s in x.strokes] for x in samples])
+    as_dicts = [{str(i + 1): s.tolist() for i, s in enumerate(x.strokes)} for x in samples]
+    status, body = _post(served, {"inputs": as_dicts})
+    assert status == 200
+    assert [p["char_id"] for p in body["predictions"]] == local.char_id.tolist()
+    status, body = _post(served, {"inputs": [[s.tolist() for s in x.strokes] for x in samples]})
+    assert status == 200 and len(body["predictions"]) == len(samples)
+    np.testing.assert_allclose([p["probability"] for p in body["predictions"]], local.probability, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "payload, raw, fragment",
+    [
+        ({"inputs": [{"1": []}]}, None, "has no points"),
+        ({"inputs": [{"1": [["x", 1]]}]}, None, "pairs of numbers"),
+        ({"inputs": [{"1": [[0, 0]]}, {}]}, None, "sample 1: has no strokes"),
+        ({"inputs": [[[[0.0, 0.0]]] * 10_000]}, None, "10000 strokes"),
+        ({"inputs": [{"1": [[1e12, 0]]}]}, None, "outside"),
+        ({"inputs": {"1": [[0, 0]]}}, None, ""),
+        ({"instances": [1]}, None, ""),
+        (None, b"{not json", ""),
+        (None, b'{"inputs": [{"1": [[NaN, 0]]}]}', "NaN"),
+    ],
+)
+def test_served_champion_rejects_bad_input_with_4xx_and_keeps_answering(served, payload, raw, fragment):
+    status, body = _post(served, payload, raw)
+    assert 400 <= status < 500, body
+    assert fragment in body.get("message", "")
+    status, _ = _post(served, {"inputs": [[[[0.0, 0.5], [0.0, -0.5]]]]})
+    assert status == 200

@@ -1,0 +1,214 @@
+"""Raw data in: the app's pickles read safely, the other formats, validation, bad input."""
+
+import gzip
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from kana.classes import char_id_from_filename, class_set, get_class, max_strokes
+from kana.strokes import (
+    InvalidSample,
+    load_pickle_sample,
+    load_raw_dir,
+    parse_strokes,
+    safe_unpickle,
+    save_app_pickle,
+)
+
+GOOD = {1: np.array([[-0.5, 0.5], [0.5, 0.5]]), 2: np.array([[0.0, 0.8], [0.0, -0.8]])}
+
+
+class _Payload:
+    """Unpickling this runs os.system(...): the classic hostile pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _EvalPayload:
+    def __reduce__(self):
+        return (eval, ("__import__('os').getpid()",))
+
+
+def test_class_sets_and_table():
+    assert [len(class_set(n)) for n in ("basic46", "extended", "all")] == [46, 72, 108]
+    assert class_set("basic46")[-1].char_id == "-n"
+    assert get_class("ki").stroke_counts == (3, 4)
+    assert get_class("kya").character == "きゃ"
+    assert "wi" not in [c.char_id for c in class_set("all")]
+    assert max_strokes("all") == 9
+    with pytest.raises(ValueError, match="unknown class_set"):
+        class_set("katakana")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("ka00012.pickle", "ka"), ("kya1.pickle", "kya"), ("-n3.pickle", "-n"), ("n3.pickle", None),
+     ("a.json", "a"), ("gyo_x.pickle", "gyo"), ("zz.pickle", None)],
+)
+def test_char_id_from_filename_longest_match(name, expected):
+    assert char_id_from_filename(name) == expected
+
+
+def test_app_pickle_round_trip(tmp_path):
+    save_app_pickle(list(GOOD.values()), tmp_path / "i0.pickle")
+    strokes = load_pickle_sample(tmp_path / "i0.pickle")
+    assert len(strokes) == 2
+    np.testing.assert_array_equal(strokes[1], GOOD[2])
+
+
+def test_hostile_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "a0.pickle"
+    path.write_bytes(pickle.dumps({1: _Payload(marker)}))
+    with pytest.raises(InvalidSample, match="refused to load global posix.system") as exc:
+        load_pickle_sample(path)
+    assert exc.value.reason == "refused_pickle"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [_EvalPayload(), {1: np.array([[0.0, 0.0]]), "x": pickle.PickleBuffer}, set([1, 2])],
+    ids=["eval", "class-object", "set-of-ints"],
+)
+def test_other_pickles_are_refused_or_rejected(tmp_path, payload):
+    path = tmp_path / "a0.pickle"
+    path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(InvalidSample):
+        load_pickle_sample(path)
+
+
+def test_truncated_and_garbage_pickles_are_unreadable(tmp_path):
+    good = pickle.dumps(GOOD)
+    (tmp_path / "a0.pickle").write_bytes(good[: len(good) // 2])
+    (tmp_path / "a1.pickle").write_bytes(b"\x00\xffnot a pickle")
+    for name in ("a0.pickle", "a1.pickle"):
+        with pytest.raises(InvalidSample) as exc:
+            load_pickle_sample(tmp_path / name)
+        assert exc.value.reason in {"unreadable", "refused_pickle"}
+        assert name in str(exc.value)
+
+
+def test_object_dtype_array_is_not_numbers(tmp_path):
+    path = tmp_path / "a0.pickle"
+    path.write_bytes(pickle.dumps({1: np.array([["x", "y"]], dtype=object)}))
+    with pytest.raises(InvalidSample) as exc:
+        load_pickle_sample(path)
+    assert exc.value.reason == "bad_type"
+
+
+@pytest.mark.parametrize(
+    "sample, reason",
+    [
+        ({}, "empty_sample"),
+        ([], "empty_sample"),
+        ({1: np.zeros((0, 2))}, "empty_stroke"),
+        ({1: []}, "empty_stroke"),
+        ({1: [[0.0, np.nan]]}, "non_finite"),
+        ({1: [[0.0, np.inf]]}, "non_finite"),
+        ({1: [[0.0, 0.0, 0.0]]}, "bad_shape"),
+        ({1: [[0.0, 0.0]], "x": [[0.0, 0.0]]}, "bad_structure"),
+        ({1: [[1e9, 0.0]]}, "out_of_bounds"),
+        ({1: [["a", 0.0]]}, "bad_type"),
+        ({1: "strokes"}, "bad_structure"),
+        ("abc", "bad_structure"),
+        (42, "bad_structure"),
+        ([[[0.0, 0.0]]] * 10_000, "too_many_strokes"),
+        ({1: [[0.0, 0.0]] * 100_000}, "too_many_points"),
+    ],
+)
+def test_parse_rejects_bad_samples_with_a_reason(sample, reason):
+    with pytest.raises(InvalidSample) as exc:
+        parse_strokes(sample, "s.pickle")
+    assert exc.value.reason == reason
+    assert "s.pickle" in str(exc.value)
+
+
+def test_parse_accepts_every_documented_shape():
+    as_lists = [[[-0.5, 0.5], [0.5, 0.5]], [[0.0, 0.8], [0.0, -0.8]]]
+    shapes = [GOOD, {"2": as_lists[1], "1": as_lists[0]}, as_lists, {"strokes": as_lists},
+              {1: [[0, 0], [1, 1]], 2: [[0, 1]]}]
+    for s in shapes[:4]:
+        parsed = parse_strokes(s)
+        np.testing.assert_allclose(parsed[0], as_lists[0])
+        np.testing.assert_allclose(parsed[1], as_lists[1])
+    assert parse_strokes(shapes[4])[0].dtype == np.float64  # integers are fine
+
+
+def test_numeric_keys_sort_numerically():
+    s = {str(k): [[k / 20.0, 0.0]] for k in range(1, 12)}
+    parsed = parse_strokes(s)
+    assert [p[0, 0] for p in parsed] == [k / 20.0 for k in range(1, 12)]
+
+
+def _write_tegaki(path, chars):
+    body = "".join(
+        f"<character><utf8>{ch}</utf8><strokes>"
+        + "".join("<stroke>" + "".join(f'<point x="{x}" y="{y}"/>' for x, y in st) + "</stroke>" for st in strokes)
+        + "</strokes></character>"
+        for ch, strokes in chars
+    )
+    xml = f'<?xml version="1.0" encoding="UTF-8"?><character-collection><set name="x">{body}</set></character-collection>'
+    data = xml.encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
+    alice = tmp_path / "alice"
+    alice.mkdir()
+    save_app_pickle(list(GOOD.values()), alice / "i00001.pickle")  # い: 2 strokes, valid
+    save_app_pickle([GOOD[1]], alice / "i00002.pickle")  # wrong stroke count
+    save_app_pickle(list(GOOD.values()), alice / "zz001.pickle")  # unknown char_id
+    (alice / "a9.pickle").write_bytes(pickle.dumps({1: _Payload(tmp_path / "pwned")}))
+    (alice / "u1.json").write_text(json.dumps({"1": [[0, 0.5], [0.2, 0.5]], "2": [[0, 0.3], [0, -0.6]]}))
+    (alice / "u2.json").write_bytes(b"{not json")
+    (alice / "notes.txt").write_text("ignored: not a raw format")
+    # Tomoe dictionary (320x320, y down): one good い and one character that is no class
+    (alice / "hira.tdic").write_text(
+        "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\nX\n:1\n:2 (1 1) (2 2)\n", encoding="utf-8"
+    )
+    _write_tegaki(alice / "c.charcol.gz", [("い", [[(200, 200), (250, 700)], [(700, 250), (750, 600)]]),
+                                           ("い", [[(200, "bad")]])])
+    report = load_raw_dir(tmp_path)
+    kept = sorted(s.path for s in report.samples)
+    assert kept == ["alice/c.charcol.gz#0", "alice/hira.tdic#0", "alice/i00001.pickle", "alice/u1.json"]
+    reasons = {r.path: r.reason for r in report.rejections}
+    assert reasons == {
+        "alice/i00002.pickle": "wrong_stroke_count",
+        "alice/zz001.pickle": "unknown_char_id",
+        "alice/a9.pickle": "refused_pickle",
+        "alice/u2.json": "unreadable",
+        "alice/hira.tdic#1": "unknown_char_id",
+        "alice/c.charcol.gz#1": "bad_type",
+    }
+    assert not (tmp_path / "pwned").exists()
+    assert {s.source for s in report.samples} == {"alice"}
+    tomoe = next(s for s in report.samples if s.path == "alice/hira.tdic#0")
+    np.testing.assert_allclose(tomoe.strokes[0][0], [80 / 160 - 1, 1 - 60 / 160])  # y flipped up
+    tegaki = next(s for s in report.samples if s.path.startswith("alice/c.charcol"))
+    np.testing.assert_allclose(tegaki.strokes[0][0], [-0.6, 0.6])
+
+
+def test_class_filter_rejects_other_classes(tmp_path):
+    save_app_pickle([GOOD[1]] * 3, tmp_path / "src" / "kya1.pickle".replace("kya", "zo"))
+    report = load_raw_dir(tmp_path, class_ids={c.char_id for c in class_set("basic46")})
+    assert [r.reason for r in report.rejections] == ["not_in_class_set"]
+
+
+def test_missing_raw_dir_is_empty(tmp_path):
+    report = load_raw_dir(tmp_path / "nope")
+    assert report.samples == [] and report.rejections == []
+
+
+def test_safe_unpickle_keeps_numpy_and_containers():
+    obj = {1: np.arange(6.0).reshape(3, 2), "meta": [1, 2.5, "x", (None, True)], "s": np.float32(2)}
+    out = safe_unpickle(pickle.dumps(obj))
+    np.testing.assert_array_equal(out[1], obj[1])
+    assert out["meta"] == obj["meta"] and out["s"] == 2

@@ -1,0 +1,99 @@
+"""The KanjiVG synthesizer: the raw app format, allowed stroke counts, determinism, variety."""
+
+import numpy as np
+
+from kana.classes import class_set, get_class
+from kana.strokes import check_stroke_count, parse_strokes
+from kana.synth import (
+    glyph_strokes,
+    kanji_characters,
+    parse_svg_path,
+    synthesize_dataset,
+    synthesize_sample,
+    turning_points,
+)
+
+
+def test_svg_path_parser_on_absolute_relative_and_smooth_curves():
+    pts = parse_svg_path("M10,10 L20,10 l0,10 H5 V0 c1,1 2,2 3,3 s2,2 3,3 Z")
+    np.testing.assert_allclose(pts[0], [10, 10])
+    np.testing.assert_allclose(pts[1], [20, 10])
+    np.testing.assert_allclose(pts[2], [20, 20])
+    np.testing.assert_allclose(pts[3], [5, 20])
+    np.testing.assert_allclose(pts[4], [5, 0])
+    np.testing.assert_allclose(pts[-1], [10, 10])  # Z closes to the start
+
+
+def test_glyphs_come_in_app_coordinates_with_kanjivg_stroke_order():
+    ka = glyph_strokes("か")
+    assert len(ka) == 3
+    allpts = np.vstack(ka)
+    assert allpts.min() >= -1 and allpts.max() <= 1
+    # か's third stroke is the short tick at the right
+    assert ka[2][:, 0].mean() > ka[1][:, 0].mean()
+
+
+def test_every_class_synthesizes_a_valid_raw_sample():
+    rng = np.random.default_rng(0)
+    for kana in class_set("all"):
+        for _ in range(3):
+            sample = synthesize_sample(kana, rng)
+            strokes = parse_strokes({i + 1: s for i, s in enumerate(sample)}, kana.char_id)
+            check_stroke_count(strokes, kana.char_id)
+            assert all(np.abs(s).max() <= 1.0 for s in strokes)
+
+
+def test_joined_strokes_give_the_lower_allowed_count():
+    rng = np.random.default_rng(1)
+    counts = {len(synthesize_sample(get_class("ki"), rng)) for _ in range(60)}
+    assert counts == {3, 4}
+
+
+def test_synthesis_is_seeded_and_independent_of_class_subset():
+    classes = list(class_set("basic46"))
+    a = synthesize_dataset(classes[:5], 3, seed=7)
+    b = synthesize_dataset(classes[:5], 3, seed=7)
+    c = synthesize_dataset(classes[3:5], 3, seed=7)
+    for (la, sa), (lb, sb) in zip(a, b):
+        assert la == lb and all(np.array_equal(x, y) for x, y in zip(sa, sb))
+    for (la, sa), (lc, sc) in zip(a[9:], c):
+        assert la == lc and all(np.array_equal(x, y) for x, y in zip(sa, sc))
+    d = synthesize_dataset(classes[:1], 3, seed=8)
+    assert not np.array_equal(a[0][1][0], d[0][1][0])
+
+
+def test_samples_vary_like_handwriting():
+    rng = np.random.default_rng(2)
+    samples = [synthesize_sample(get_class("a"), rng) for _ in range(40)]
+    widths = [np.ptp(np.vstack(s)[:, 0]) for s in samples]
+    points = [len(st) for s in samples for st in s]
+    assert np.std(widths) > 0.05  # sizes differ
+    assert min(points) <= 6 and max(points) >= 30  # fast/sparse and slow/dense recordings
+
+
+def test_compounds_put_the_small_kana_at_the_lower_right():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        sample = synthesize_sample(get_class("kya"), rng)
+        assert len(sample) in (6, 7)  # joins stay inside き: ゃ keeps its 3 strokes
+        base, small = np.vstack(sample[:-3]), np.vstack(sample[-3:])
+        centre = lambda pts: (pts.min(axis=0) + pts.max(axis=0)) / 2  # noqa: E731
+        assert centre(small)[0] > centre(base)[0]
+        assert centre(small)[1] < centre(base)[1]  # y up: lower means smaller y
+        assert np.ptp(small, axis=0).max() < 0.8 * np.ptp(base, axis=0).max()
+
+
+def test_turning_points_keep_ends_and_corners():
+    corner = np.vstack([np.column_stack([np.linspace(0, 1, 50), np.zeros(50)]),
+                        np.column_stack([np.ones(50), np.linspace(0, -1, 50)])])
+    kept = turning_points(corner)
+    np.testing.assert_allclose(kept[0], [0, 0])
+    np.testing.assert_allclose(kept[-1], [1, -1])
+    assert len(kept) <= 5
+    assert np.min(np.hypot(*(kept - [1, 0]).T)) < 0.1
+
+
+def test_kanji_characters_are_seeded_cjk():
+    chars = kanji_characters(30, seed=1)
+    assert len(chars) == 30 and chars == kanji_characters(30, seed=1)
+    assert all(0x4E00 <= ord(c) <= 0x9FFF for c in chars)
