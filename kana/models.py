@@ -1,9 +1,14 @@
 """The three model families, as the notebook built them, in Keras 3.
 
-- `build_cnn`: Conv 32-32, pool, 64-64, pool, 128-128, pool, Dense 40, softmax, on 32x32 rasters.
+- `build_cnn`: Conv 32-32, pool, 64-64, pool, 128-128, pool, Dense, softmax, on 32x32 rasters.
+  By default each convolution is followed by batch normalisation and the Dense layer has 128
+  units (the notebook: no normalisation, Dense 40, both reachable by params): with 108 classes
+  the notebook's net reached 93% validation accuracy in 8 epochs here, too slow for 2 CPU cores.
 - `build_transfer`: the convolutional base of a CNN trained on other characters (kanji), a new
-  Dense head, and the first `n_frozen` layers frozen.
+  Dense head, and the first `frozen_blocks` convolution blocks frozen.
 - `build_lstm`: LSTM over the (n_points, 4 * max_strokes) stroke tensor, dropout, Dense, softmax.
+  By default the 120 time steps are average-pooled by 2 first (4x faster per epoch here, and
+  better validation accuracy per minute) and the Dense layer has 128 units.
 - `augmentation`: the notebook's training distortions (small rotation, shift, shear, zoom; never
   mirrored) as Keras preprocessing layers, applied in the input pipeline only.
 """
@@ -14,34 +19,31 @@ import keras
 from keras import layers
 
 
-def build_cnn(n_classes: int, input_shape=(32, 32, 1), dense_units: int = 40) -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            layers.Conv2D(32, 3, activation="relu", padding="same"),
-            layers.Conv2D(32, 3, activation="relu", padding="same"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, activation="relu", padding="same"),
-            layers.Conv2D(64, 3, activation="relu", padding="same"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(128, 3, activation="relu", padding="same"),
-            layers.Conv2D(128, 3, activation="relu", padding="same"),
-            layers.MaxPooling2D(),
-            layers.Flatten(),
-            layers.Dense(dense_units, activation="relu"),
-            layers.Dense(n_classes, activation="softmax"),
-        ],
-        name="cnn",
-    )
+def build_cnn(
+    n_classes: int, input_shape=(32, 32, 1), dense_units: int = 128, batch_norm: bool = True
+) -> keras.Model:
+    stack: list = [keras.Input(input_shape)]
+    for filters in (32, 64, 128):
+        for _ in range(2):
+            if batch_norm:
+                stack += [layers.Conv2D(filters, 3, padding="same", use_bias=False),
+                          layers.BatchNormalization(), layers.ReLU()]
+            else:
+                stack.append(layers.Conv2D(filters, 3, activation="relu", padding="same"))
+        stack.append(layers.MaxPooling2D())
+    stack += [layers.Flatten(), layers.Dense(dense_units, activation="relu"),
+              layers.Dense(n_classes, activation="softmax")]
+    return keras.Sequential(stack, name="cnn")
 
 
 def build_transfer(
-    base: keras.Model, n_classes: int, n_frozen: int, dense_units: int = 40
+    base: keras.Model, n_classes: int, frozen_blocks: int, dense_units: int = 128
 ) -> keras.Model:
-    """The base's layers up to its head (its last two Dense layers), a fresh head, first layers frozen.
+    """The base's layers up to its head (its last two Dense layers), a fresh head, and the first
+    `frozen_blocks` convolution blocks (everything up to that many pooling layers) frozen.
 
-    As in the notebook, `n_frozen` counts layers from the input: 3 freezes the first two
-    convolutions and their pooling, 6 the first two blocks.
+    The notebook froze its first block (layers 0-2) for the Kuzushiji-Kanji base and two blocks
+    for the Kuzushiji-49 one.
     """
     body = base.layers[:-2]
     model = keras.Sequential(
@@ -53,18 +55,24 @@ def build_transfer(
         ],
         name="transfer",
     )
-    for layer in model.layers[:n_frozen]:
+    pools_seen = 0
+    for layer in model.layers:
+        if pools_seen >= frozen_blocks:
+            break
         layer.trainable = False
+        pools_seen += isinstance(layer, layers.MaxPooling2D)
     return model
 
 
 def build_lstm(
     n_classes: int, n_points: int, n_features: int, units: int = 128, dropout: float = 0.1,
-    dense_units: int = 40,
+    dense_units: int = 128, downsample: int = 2,
 ) -> keras.Model:
+    pool = [layers.AveragePooling1D(downsample)] if downsample > 1 else []
     return keras.Sequential(
         [
             keras.Input((n_points, n_features)),
+            *pool,
             layers.LSTM(units),
             layers.Dropout(dropout),
             layers.Dense(dense_units, activation="relu"),

@@ -21,6 +21,7 @@ from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch
 from kana.tracking import kana_run, log_figure_png, log_params
 
 FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes"}
+RASTER_SHAPE = (features.RASTER_SIZE + 2 * features.RASTER_PAD,) * 2 + (1,)
 KANJI_BASE_MODEL_NAME = "kana-kanji-base"
 
 
@@ -145,7 +146,7 @@ def train_family(
     patience: int = 3,
     seed: int = 127,
     real_dir: str = "",
-    augment: bool = False,
+    augment: int = 0,
     extra_tags: dict | None = None,
 ) -> str:
     """Train one family on a processed dataset and log everything; returns the run id.
@@ -203,7 +204,7 @@ def train_family(
         t0 = time.perf_counter()
         history, epoch_seconds = _fit(
             model, x["train"], y["train"], x["val"], y["val"],
-            epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, augment=augment,
+            epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, augment=bool(augment),
             class_weight=balanced_class_weights(y["train"], len(config.class_ids)),
             learning_rate=learning_rate,
         )
@@ -287,46 +288,51 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
 
 
 def train_cnn(dataset_run_id: str = "", epochs: int = 8, batch_size: int = 64,
-              learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 40,
-              seed: int = 127, real_dir: str = "", augment: bool = True) -> str:
-    """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation."""
+              learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 128,
+              batch_norm: int = 1, seed: int = 127, real_dir: str = "",
+              augment: int = 1) -> str:
+    """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation.
+    The notebook's exact net: `--dense-units 40 --batch-norm 0`."""
     from kana.models import build_cnn
 
     def build(config, ds):
-        return build_cnn(len(config.class_ids), ds.cnn_inputs(ds.indices("train")[:1]).shape[1:], dense_units)
+        return build_cnn(len(config.class_ids), RASTER_SHAPE, dense_units, bool(batch_norm))
 
     return train_family(
-        "cnn", build, {"dense_units": dense_units}, dataset_run_id=dataset_run_id, epochs=epochs,
+        "cnn", build, {"dense_units": dense_units, "batch_norm": batch_norm},
+        dataset_run_id=dataset_run_id, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
         real_dir=real_dir, augment=augment,
     )
 
 
-def train_lstm(dataset_run_id: str = "", epochs: int = 15, batch_size: int = 32,
-               learning_rate: float = 2e-3, patience: int = 3, units: int = 128,
-               dropout: float = 0.1, dense_units: int = 40, seed: int = 127,
-               real_dir: str = "") -> str:
-    """MLflow entry point `train_lstm`. The notebook used units=400, learning_rate=3e-5,
-    batch_size=10 (all reachable as params); the defaults train in minutes on 2 CPU cores."""
+def train_lstm(dataset_run_id: str = "", epochs: int = 15, batch_size: int = 64,
+               learning_rate: float = 1e-3, patience: int = 3, units: int = 128,
+               dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
+               seed: int = 127, real_dir: str = "") -> str:
+    """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
+    --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
+    cores."""
     from kana.models import build_lstm
 
     def build(config, ds):
         return build_lstm(len(config.class_ids), config.n_points, 4 * config.max_strokes, units,
-                          dropout, dense_units)
+                          dropout, dense_units, downsample)
 
     return train_family(
-        "lstm", build, {"units": units, "dropout": dropout, "dense_units": dense_units},
+        "lstm", build, {"units": units, "dropout": dropout, "dense_units": dense_units,
+                        "downsample": downsample},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
     )
 
 
 def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
-                   base_source: str = "kanjivg", n_frozen: int = 3, epochs: int = 8,
+                   base_source: str = "kanjivg", frozen_blocks: int = 1, epochs: int = 8,
                    batch_size: int = 64, learning_rate: float = 5e-4, patience: int = 3,
-                   dense_units: int = 40, kanji_classes: int = 400, kanji_per_class: int = 24,
+                   dense_units: int = 128, kanji_classes: int = 400, kanji_per_class: int = 24,
                    base_epochs: int = 4, seed: int = 127, real_dir: str = "",
-                   augment: bool = True) -> str:
+                   augment: int = 1) -> str:
     """MLflow entry point `train_transfer`: a CNN base trained on other characters, fine-tuned.
 
     The base comes from `base_model_uri` when given; otherwise the latest `kana-kanji-base`
@@ -349,11 +355,11 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
         if not uri:
             uri = train_kanji_base(**base_settings)
         base = mlflow.keras.load_model(uri)
-        return build_transfer(base, len(config.class_ids), n_frozen, dense_units)
+        return build_transfer(base, len(config.class_ids), frozen_blocks, dense_units)
 
     return train_family(
         "transfer", build,
-        {"base_model_uri": base_model_uri, "n_frozen": n_frozen, "dense_units": dense_units,
+        {"base_model_uri": base_model_uri, "frozen_blocks": frozen_blocks, "dense_units": dense_units,
          "base_source": base_source, "kanji_classes": kanji_classes,
          "kanji_per_class": kanji_per_class, "base_epochs": base_epochs},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,

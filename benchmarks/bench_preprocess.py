@@ -1,0 +1,83 @@
+"""Preprocessing speed, measured against baselines in the same run.
+
+    python benchmarks/bench_preprocess.py [--samples 3000]
+
+Prints:
+- stroke resampling: kana's cached-basis B-spline vs the notebook's geomdl loop on the same
+  strokes (strokes/s each, the ratio, and the largest difference between them);
+- whole preprocessing (load + validate + resample + raster; LSTM tensors are built from the stored
+  resampled points at training time and are timed separately), in samples/s, from raw app
+  pickles on disk, with 1 worker and with every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kana.classes import class_set  # noqa: E402
+from kana.dataset import build_dataset  # noqa: E402
+from kana.features import lstm_tensor, resample_stroke, resample_stroke_geomdl  # noqa: E402
+from kana.strokes import save_app_pickle  # noqa: E402
+from kana.synth import synthesize_dataset  # noqa: E402
+
+
+def best_of(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=3240, help="raw samples for the whole-pipeline figure")
+    args = parser.parse_args()
+    classes = list(class_set("all"))
+    per_class = max(1, args.samples // len(classes))
+    print(f"machine: {os.cpu_count()} cores; synthesizing {per_class * len(classes)} raw samples...")
+    samples = synthesize_dataset(classes, per_class, seed=2024)
+    strokes = [s for _, sample in samples for s in sample]
+    geomdl_strokes = strokes[:1500]
+
+    t_geomdl = best_of(lambda: [resample_stroke_geomdl(s) for s in geomdl_strokes], repeats=1)
+    t_kana = best_of(lambda: [resample_stroke(s) for s in strokes])
+    worst = max(np.abs(resample_stroke(s) - resample_stroke_geomdl(s)).max() for s in geomdl_strokes)
+    geomdl_rate = len(geomdl_strokes) / t_geomdl
+    kana_rate = len(strokes) / t_kana
+    print("\n== stroke resampling to 120 points (degree-3 B-spline) ==")
+    print(f"notebook geomdl loop : {geomdl_rate:12,.0f} strokes/s  ({len(geomdl_strokes)} strokes)")
+    print(f"kana cached basis    : {kana_rate:12,.0f} strokes/s  ({len(strokes)} strokes)")
+    print(f"speed-up             : {kana_rate / geomdl_rate:12,.0f} x   (goal >= 100x)")
+    print(f"max |kana - geomdl|  : {worst:12.2e}     (goal <= 1e-9)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        for k, (cid, sample) in enumerate(samples):
+            save_app_pickle(sample, raw / f"src{k % 4}" / f"{cid}{k:06d}.pickle")
+        print(f"\n== whole preprocessing of {len(samples)} raw app pickles "
+              "(load, validate, dedupe, resample, raster, split) ==")
+        for workers in sorted({1, os.cpu_count() or 1}):
+            t = best_of(lambda: build_dataset(raw, "all", synthetic_per_class=0, workers=workers,
+                                              progress=False), repeats=2)
+            print(f"{workers} worker(s)          : {len(samples) / t:12,.0f} samples/s")
+        ds, _ = build_dataset(raw, "all", synthetic_per_class=0, progress=False)
+        idx = np.arange(len(ds.labels))
+        t = best_of(lambda: ds.lstm_inputs(idx), repeats=2)
+        print(f"LSTM tensors         : {len(idx) / t:12,.0f} samples/s (built at training time)")
+        t = best_of(lambda: synthesize_dataset(classes[:20], 20, seed=1), repeats=1)
+        print(f"synthesis (1 core)   : {400 / t:12,.0f} samples/s")
+
+
+if __name__ == "__main__":
+    main()
