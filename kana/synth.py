@@ -5,7 +5,8 @@ each sample starts from a KanjiVG glyph (strokes in drawing order, shipped in th
 package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen records it:
 
 - the whole character varies in size, position, slant (rotation), shear and aspect;
-- each stroke is placed a little off (shift, turn, scale about its centre) and wobbles smoothly;
+- each stroke is placed a little off (shift, turn, scale about its centre) and wobbles smoothly,
+  and the whole character is bent by a smooth random displacement field;
 - points are recorded at a fixed rate while the pen moves with a speed profile that slows at
   stroke ends and corners, so points crowd there and thin out on fast straight runs; fast writers
   and pen-input dictionaries give few points per stroke (down to the turning points alone);
@@ -181,6 +182,21 @@ def _rotation(theta: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
+def elastic_warp(rng: np.random.Generator, strokes: list[np.ndarray], amplitude: float) -> list[np.ndarray]:
+    """Bend the whole character with a smooth random displacement field (a few low-frequency
+    waves in x and y): strokes stay connected where they touch, but proportions and curvature
+    change the way one person's hand differs from a font."""
+    k = 3
+    freq = rng.uniform(0.3, 1.2, size=(2, k, 2))  # (output axis, wave, input axis) cycles per unit
+    phase = rng.uniform(0, 2 * np.pi, size=(2, k))
+    amp = rng.normal(0, amplitude / np.sqrt(k), size=(2, k))
+    out = []
+    for s in strokes:
+        arg = np.pi * np.einsum("nd,akd->nak", s, freq) + phase[None]
+        out.append(s + (amp[None] * np.sin(arg)).sum(axis=2))
+    return out
+
+
 def _smooth_noise(rng: np.random.Generator, n: int, amplitude: float) -> np.ndarray:
     """Low-frequency 2D wobble along n points: a few random sinusoids per axis."""
     t = np.linspace(0.0, 1.0, n)[:, None]
@@ -223,21 +239,32 @@ def record_stroke(rng: np.random.Generator, dense: np.ndarray, pace: float) -> n
     return pts
 
 
-def turning_points(dense: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Ends plus the points where a stroke turns sharply: how pen dictionaries such as Tomoe
-    record strokes (2-9 points each)."""
+def turning_points(dense: np.ndarray, tolerance: float = 0.04) -> np.ndarray:
+    """The fewest points that keep a stroke within `tolerance` of its path (Ramer-Douglas-Peucker):
+    how pen dictionaries such as Tomoe record strokes (ends and turns, 2-9 points each)."""
     if len(dense) < 3:
         return dense.copy()
-    smooth = np.convolve(_turning(dense), np.ones(7), mode="same")
-    keep = [0]
-    for i in range(1, len(dense) - 1):
-        if smooth[i] > threshold and smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1]:
-            if i - keep[-1] > 3:
-                keep.append(i)
-    # long gentle curves: a few extra points so the shape survives
-    extra = np.linspace(0, len(dense) - 1, 4).astype(int)[1:-1] if len(keep) < 3 else []
-    idx = sorted(set(keep) | set(extra) | {len(dense) - 1})
-    return dense[idx]
+    keep = np.zeros(len(dense), dtype=bool)
+    keep[[0, -1]] = True
+    stack = [(0, len(dense) - 1)]
+    while stack:
+        i, j = stack.pop()
+        if j - i < 2:
+            continue
+        a, b = dense[i], dense[j]
+        ab = b - a
+        norm = np.hypot(*ab)
+        rel = dense[i + 1 : j] - a
+        if norm < 1e-12:
+            dist = np.hypot(rel[:, 0], rel[:, 1])
+        else:
+            dist = np.abs(ab[0] * rel[:, 1] - ab[1] * rel[:, 0]) / norm
+        k = int(np.argmax(dist))
+        if dist[k] > tolerance:
+            m = i + 1 + k
+            keep[m] = True
+            stack += [(i, m), (m, j)]
+    return dense[keep]
 
 
 def _join(strokes: list[np.ndarray], target: int, rng: np.random.Generator,
@@ -320,7 +347,7 @@ def synthesize_sample(
         s = (s - c) @ m.T + c + rng.normal(0, 0.025 * size, 2)
         s = s + _smooth_noise(rng, len(s), 0.012 * size)
         placed.append(s)
-    strokes = placed
+    strokes = elastic_warp(rng, placed, 0.04 * size)
 
     # occasional hooks towards the next stroke, and joined strokes where the class allows it
     for i in range(len(strokes) - 1):
@@ -349,8 +376,9 @@ def synthesize_sample(
     strokes = [s + shift for s in strokes]
 
     # how it is recorded: a touch screen at a fixed rate, or a pen dictionary's turning points
-    if rng.random() < 0.15:
-        recorded = [turning_points(s) for s in strokes]
+    if rng.random() < 0.25:
+        tolerance = rng.uniform(0.015, 0.05) * size
+        recorded = [turning_points(s, tolerance) for s in strokes]
     else:
         pace = float(np.exp(rng.uniform(np.log(0.01), np.log(0.12))))
         recorded = [record_stroke(rng, s, pace * rng.uniform(0.8, 1.25)) for s in strokes]

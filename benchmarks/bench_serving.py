@@ -1,0 +1,252 @@
+"""Serving speed: the pyfunc in process and `mlflow models serve` over HTTP, with baselines.
+
+    python benchmarks/bench_serving.py                       # every family, untrained weights
+    python benchmarks/bench_serving.py --model-uri models:/kana-classifier@champion
+
+Without --model-uri each family's network (as `train_*` builds it for the `all` class set) is
+logged through the same registration code as a champion (ONNX export + pyfunc) into a temporary
+MLflow store; speed does not depend on the weights. Prints, per model:
+- Keras baselines measured in this run: `model.predict` and a direct call, one sample;
+- the pyfunc, one raw sample in, prediction out, in process: p50 / p99 (goal p50 <= 2 ms);
+- batched: samples/s for batches of 1,000 raw samples (goal >= 2,000/s);
+- HTTP (`--http`, on the first model): 10,000 requests from 8 concurrent clients on loopback,
+  p50 / p99 (goal p99 <= 25 ms), errors, and the server's RSS before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def percentiles(times_s):
+    a = np.asarray(times_s) * 1000
+    return np.percentile(a, 50), np.percentile(a, 99)
+
+
+def raw_samples(n: int, class_set: str = "all"):
+    from kana.classes import class_set as classes
+    from kana.synth import synthesize_sample
+
+    rng = np.random.default_rng(7)
+    cls = list(classes(class_set))
+    return [
+        {i + 1: s for i, s in enumerate(synthesize_sample(cls[k % len(cls)], rng))} for k in range(n)
+    ]
+
+
+def log_untrained_champions(tmp: Path) -> dict[str, str]:
+    """Each family's network, untrained, logged as a registered pyfunc like a real champion."""
+    import mlflow
+
+    from kana import classes
+    from kana.models import build_cnn, build_lstm
+    from kana.serving import log_pyfunc
+    from kana.training import RASTER_SHAPE, ModelConfig
+
+    ids = [c.char_id for c in classes.class_set("all")]
+    ms = classes.max_strokes("all")
+    nets = {
+        "cnn": (build_cnn(len(ids), RASTER_SHAPE), "raster"),
+        "lstm": (build_lstm(len(ids), 120, 4 * ms), "strokes"),
+        "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "raster"),
+    }
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'bench.db'}")
+    mlflow.set_experiment("bench")
+    uris = {}
+    for name, (net, kind) in nets.items():
+        config = ModelConfig(name, kind, ids, 120, ms, "all")
+        keras_path, config_path = tmp / f"{name}.keras", tmp / f"{name}.json"
+        net.save(keras_path)
+        config_path.write_text(config.to_json())
+        with mlflow.start_run(run_name=f"bench-{name}"):
+            info = log_pyfunc(str(keras_path), str(config_path), registered_model_name=f"bench-{name}")
+        uris[name] = f"models:/bench-{name}/{info.registered_model_version}"
+    return uris
+
+
+def keras_baselines(model_uri: str, sample):
+    """Keras predict() and a direct call on one sample, from the pyfunc's own Keras artifact."""
+    import keras
+    import mlflow
+
+    from kana.serving import Recognizer
+    from kana.training import ModelConfig
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    config = ModelConfig.from_json(next(local.rglob("kana_config*")).read_text())
+    model = keras.saving.load_model(next(local.rglob("*.keras")), compile=False)
+    rec = Recognizer.from_keras(model, config)
+    parsed = rec.parse([sample])
+    from kana.dataset import featurize
+    from kana.training import model_inputs
+
+    feats = [featurize(s, config.n_points) for s in parsed]
+    x = model_inputs(config, [f[0] for f in feats], np.stack([f[1] for f in feats]))
+    out = {}
+    for name, fn in (("keras predict()", lambda: model.predict(x, verbose=0)),
+                     ("keras direct call", lambda: model(x, training=False))):
+        fn()
+        times = []
+        for _ in range(30):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = percentiles(times)
+    return out
+
+
+def bench_in_process(model_uri: str, samples):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    model.predict(samples[:5])
+    times = []
+    for s in samples[:2000]:
+        t0 = time.perf_counter()
+        model.predict([s])
+        times.append(time.perf_counter() - t0)
+    single = percentiles(times)
+    batch = samples[:1000]
+    model.predict(batch)
+    best = min(_timed(lambda: model.predict(batch)) for _ in range(3))
+    return single, len(batch) / best
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, from /proc."""
+    total = 0.0
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(c) for c in children]
+    except FileNotFoundError:
+        pass
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8, time_limit: float = 300):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/invocations"
+    bodies = [json.dumps({"inputs": [{str(k): v.tolist() for k, v in s.items()}]}).encode() for s in samples[:500]]
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).read()
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("server did not start")
+                time.sleep(0.5)
+        for b in bodies[:20]:
+            _post(url, b)
+        rss_before = _rss_mb(proc.pid)
+        latencies: list[float] = []
+        errors = [0]
+        lock = threading.Lock()
+        counter = iter(range(requests))
+        stop_at = time.time() + time_limit
+
+        def client():
+            while time.time() < stop_at:
+                with lock:
+                    k = next(counter, None)
+                if k is None:
+                    return
+                t0 = time.perf_counter()
+                ok = _post(url, bodies[k % len(bodies)])
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    errors[0] += not ok
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        rss_after = _rss_mb(proc.pid)
+        p50, p99 = percentiles(latencies)
+        return {"requests": len(latencies), "errors": errors[0], "p50": p50, "p99": p99,
+                "rps": len(latencies) / wall, "rss_before": rss_before, "rss_after": rss_after}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _post(url: str, body: bytes) -> bool:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", help="a registered kana pyfunc (default: untrained nets of each family)")
+    parser.add_argument("--http", action="store_true", help="also load-test mlflow models serve")
+    parser.add_argument("--requests", type=int, default=10_000)
+    args = parser.parse_args()
+    samples = raw_samples(2000)
+    print(f"machine: {os.cpu_count()} cores; {len(samples)} synthetic raw samples (all 108 classes)")
+    with tempfile.TemporaryDirectory() as tmp:
+        uris = {"model": args.model_uri} if args.model_uri else log_untrained_champions(Path(tmp))
+        for name, uri in uris.items():
+            print(f"\n== {name}: {uri} ==")
+            for label, (p50, p99) in keras_baselines(uri, samples[0]).items():
+                print(f"baseline {label:18s}: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  (model only)")
+            (p50, p99), rate = bench_in_process(uri, samples)
+            print(f"pyfunc, 1 raw sample     : p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  (goal p50 <= 2 ms)")
+            print(f"pyfunc, batches of 1000  : {rate:9,.0f} samples/s          (goal >= 2,000/s)")
+        if args.http:
+            name, uri = next(iter(uris.items()))
+            r = bench_http(uri, samples, args.requests)
+            print(f"\n== HTTP, {name}: {r['requests']} requests, 8 clients, loopback ==")
+            print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
+                  f"{r['rps']:.0f} req/s; errors {r['errors']}")
+            print(f"server RSS before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
