@@ -128,7 +128,7 @@ def render_raster(
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
     for stroke in pixels:
-        draw.line([tuple(p) for p in stroke.tolist()], fill=255, width=width)
+        draw.line(stroke.ravel().tolist(), fill=255, width=width)
     out = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.uint8)
     out[pad : pad + size, pad : pad + size] = np.asarray(img)
     return out
@@ -168,9 +168,15 @@ def lstm_tensor(resampled: np.ndarray, max_strokes: int) -> np.ndarray:
     n_strokes, n_points, _ = resampled.shape
     if n_strokes > max_strokes:
         raise ValueError(f"{n_strokes} strokes, but the features hold at most {max_strokes}")
-    out = np.zeros((n_points, 4 * max_strokes), dtype=np.float32)
     img = to_image_coords(resampled)
-    for i in range(n_strokes):
-        out[:, 4 * i : 4 * i + 2] = img[i]
-        out[:, 4 * i + 2 : 4 * i + 4] = stroke_directions(img[i])
-    return (out + 1.0) / 2.0
+    delta = np.diff(img, axis=1)
+    length = np.hypot(delta[..., 0], delta[..., 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = delta / length[..., None]
+    unit = np.concatenate([unit, unit[:, -1:]], axis=1)
+    for i in np.flatnonzero((length <= 1e-12).any(axis=1)):  # pauses and dots: rare, exact path
+        unit[i] = stroke_directions(img[i])
+    out = np.zeros((n_points, max_strokes, 4), dtype=np.float32)
+    out[:, :n_strokes, :2] = img.transpose(1, 0, 2)
+    out[:, :n_strokes, 2:] = unit.transpose(1, 0, 2)
+    return (out.reshape(n_points, 4 * max_strokes) + 1.0) / 2.0

@@ -27,7 +27,7 @@ def build_cnn(
         for _ in range(2):
             if batch_norm:
                 stack += [layers.Conv2D(filters, 3, padding="same", use_bias=False),
-                          layers.BatchNormalization(), layers.ReLU()]
+                          layers.BatchNormalization(momentum=0.9), layers.ReLU()]
             else:
                 stack.append(layers.Conv2D(filters, 3, activation="relu", padding="same"))
         stack.append(layers.MaxPooling2D())

@@ -108,12 +108,12 @@ class Recognizer:
         return parsed
 
     def probabilities(self, parsed: list[list[np.ndarray]]) -> np.ndarray:
-        from kana.dataset import featurize
+        """The features this model's family needs (as training made them), then the network."""
+        from kana.features import resample_strokes
         from kana.training import model_inputs
 
-        feats = [featurize(s, self.config.n_points) for s in parsed]
-        x = model_inputs(self.config, [f[0] for f in feats], np.stack([f[1] for f in feats]))
-        return np.asarray(self.predict_probs(x.astype(np.float32)))
+        resampled = [resample_strokes(s, self.config.n_points).astype(np.float32) for s in parsed]
+        return np.asarray(self.predict_probs(model_inputs(self.config, resampled)))
 
     def predict(self, samples) -> pd.DataFrame:
         probs = self.probabilities(self.parse(samples))

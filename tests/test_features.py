@@ -132,3 +132,15 @@ def test_lstm_tensor_layout_scaling_and_padding():
     np.testing.assert_allclose(t[:, 8:], 0.5)  # zero padding, scaled like the notebook
     with pytest.raises(ValueError, match="at most 1"):
         lstm_tensor(resample_strokes(strokes), max_strokes=1)
+
+
+def test_lstm_tensor_matches_per_stroke_directions_including_pauses():
+    rng = np.random.default_rng(4)
+    strokes = [rng.uniform(-1, 1, (n, 2)) for n in (2, 5, 9)] + [np.zeros((3, 2)) + 0.3]
+    strokes[1][2] = strokes[1][1]  # a pause inside a stroke
+    resampled = resample_strokes(strokes)
+    t = lstm_tensor(resampled, max_strokes=5)
+    for i, r in enumerate(resampled):
+        img = to_image_coords(r)
+        np.testing.assert_allclose(t[:, 4 * i : 4 * i + 2], (img + 1) / 2, atol=1e-6)
+        np.testing.assert_allclose(t[:, 4 * i + 2 : 4 * i + 4], (stroke_directions(img) + 1) / 2, atol=1e-6)
