@@ -328,8 +328,11 @@ def preprocess(
     }
     with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
         log_params(params)
+        if raw_dir and not Path(raw_dir).is_dir():
+            print(f"raw_dir {raw_dir!r} does not exist: using synthetic samples only")
+            raw_dir = ""
         ds, _ = build_dataset(
-            raw_dir if raw_dir and Path(raw_dir).exists() else None,
+            raw_dir or None,
             class_set,
             synthetic_per_class,
             seed,

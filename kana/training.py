@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,8 +76,14 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
 
     from kana.models import augmentation
 
+    # Cosine decay over the planned epochs: short CPU runs end at a low rate, where the
+    # validation score settles instead of swinging from epoch to epoch.
+    steps_per_epoch = -(-len(x_train) // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, epochs * steps_per_epoch), alpha=0.02
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -118,7 +125,7 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
         epochs=epochs,
         class_weight=class_weight,
         callbacks=callbacks,
-        verbose=2,
+        verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal, a line per epoch in logs
     )
     return history.history, epoch_seconds
 
@@ -179,6 +186,7 @@ def train_family(
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "learning_rate": learning_rate,
+                "lr_schedule": "cosine",
                 "patience": patience,
                 "seed": seed,
                 "augment": augment,
