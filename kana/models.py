@@ -83,13 +83,19 @@ def build_lstm(
 
 
 def augmentation(seed: int) -> keras.Sequential:
-    """Small rotation (4 degrees), shift (10%), shear and zoom (10%); never a mirror."""
+    """Small rotation (4 degrees), shift (10%), shear and zoom (10%); never a mirror.
+
+    Nearest-neighbour sampling keeps the 1-pixel strokes crisp (0 or 255) as validation, test and
+    serving see them: bilinear sampling blurs them, and the batch-normalised CNN then scored
+    0.94 on (blurred) training batches but 0.86 on crisp validation rasters here.
+    """
+    common = {"fill_mode": "constant", "interpolation": "nearest"}
     return keras.Sequential(
         [
-            layers.RandomRotation(4 / 360, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1),
-            layers.RandomShear(x_factor=0.15, y_factor=0.15, fill_mode="constant", seed=seed + 2),
-            layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 3),
+            layers.RandomRotation(4 / 360, seed=seed, **common),
+            layers.RandomTranslation(0.1, 0.1, seed=seed + 1, **common),
+            layers.RandomShear(x_factor=0.15, y_factor=0.15, seed=seed + 2, **common),
+            layers.RandomZoom(0.1, seed=seed + 3, **common),
         ],
         name="augmentation",
     )
