@@ -29,6 +29,12 @@ MAX_BATCH = 10_000
 
 
 class KanaClassifier(mlflow.pyfunc.PythonModel):
+    def __getstate__(self):
+        # Nothing to pickle: load_context rebuilds the recognizer (an ONNX Runtime session, which
+        # cannot be pickled) from the artifacts. MLflow pickles the instance after trying it on
+        # the input example.
+        return {}
+
     def load_context(self, context):
         from kana.training import ModelConfig
 
