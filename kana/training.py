@@ -338,8 +338,8 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
                    base_source: str = "kanjivg", frozen_blocks: int = 1, epochs: int = 6,
                    batch_size: int = 64, learning_rate: float = 5e-4, patience: int = 3,
-                   dense_units: int = 128, kanji_classes: int = 300, kanji_per_class: int = 20,
-                   base_epochs: int = 3, seed: int = 127, real_dir: str = "",
+                   dense_units: int = 128, kanji_classes: int = 150, kanji_per_class: int = 40,
+                   base_epochs: int = 4, seed: int = 127, real_dir: str = "",
                    augment: int = 1) -> str:
     """MLflow entry point `train_transfer`: a CNN base trained on other characters, fine-tuned.
 
