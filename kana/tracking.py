@@ -16,7 +16,12 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-EXPERIMENT_NAME = os.environ.get("KANA_EXPERIMENT", "kana")
+
+
+def experiment_name() -> str:
+    """The experiment kana's runs go to: `kana`, or KANA_EXPERIMENT (read at call time)."""
+    return os.environ.get("KANA_EXPERIMENT", "kana")
+
 ENTRY_POINT_TAG = "kana.entry_point"
 
 
@@ -24,7 +29,7 @@ ENTRY_POINT_TAG = "kana.entry_point"
 def kana_run(entry_point: str, run_name: str | None = None, tags: dict | None = None):
     """Start (or, under `mlflow run`, attach to) the run of one entry point, tagged with its name."""
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(EXPERIMENT_NAME)
+        mlflow.set_experiment(experiment_name())
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({ENTRY_POINT_TAG: entry_point, **(tags or {})})
         if run_name:
@@ -53,7 +58,7 @@ def experiment_ids() -> list[str]:
     active = mlflow.active_run()
     if active:
         ids.append(active.info.experiment_id)
-    exp = MlflowClient().get_experiment_by_name(EXPERIMENT_NAME)
+    exp = MlflowClient().get_experiment_by_name(experiment_name())
     if exp and exp.experiment_id not in ids:
         ids.append(exp.experiment_id)
     return ids

@@ -212,3 +212,17 @@ def test_safe_unpickle_keeps_numpy_and_containers():
     out = safe_unpickle(pickle.dumps(obj))
     np.testing.assert_array_equal(out[1], obj[1])
     assert out["meta"] == obj["meta"] and out["s"] == 2
+
+
+def test_non_utf8_file_names_are_read_or_rejected_by_name(tmp_path):
+    folder = tmp_path / "dave"
+    folder.mkdir()
+    good = os.fsencode(folder) + b"/i\xff\xfe.pickle"  # starts with a class id, then junk bytes
+    with open(good, "wb") as fh:
+        pickle.dump(GOOD, fh)
+    with open(os.fsencode(folder) + b"/\xff\xfe.pickle", "wb") as fh:
+        pickle.dump(GOOD, fh)
+    report = load_raw_dir(tmp_path)
+    assert [s.char_id for s in report.samples] == ["i"]
+    assert [r.reason for r in report.rejections] == ["unknown_char_id"]
+    assert "\udcff" in report.rejections[0].path  # the undecodable bytes, escaped, not dropped

@@ -1,0 +1,61 @@
+"""Training helpers without training: data loaders, class weights, model builders, config."""
+
+import numpy as np
+import pytest
+
+from kana.training import ModelConfig, balanced_class_weights, load_kuzushiji_npz
+
+
+def test_kuzushiji49_loader_reads_the_published_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 3, 48, 3, 1, 0, 2], dtype=np.uint8)
+    np.savez_compressed(tmp_path / "k49-train-imgs.npz", arr_0=imgs)
+    np.savez_compressed(tmp_path / "k49-train-labels.npz", arr_0=labels)
+    rasters, y, n_classes = load_kuzushiji_npz(tmp_path)
+    assert rasters.shape == (7, 32, 32) and rasters.dtype == np.uint8
+    np.testing.assert_array_equal(rasters[:, 2:30, 2:30], imgs)  # padded like kana's rasters
+    assert not rasters[:, :2].any() and not rasters[:, :, 30:].any()
+    assert y.tolist() == labels.tolist() and n_classes == 49
+
+
+def test_kuzushiji49_loader_names_what_is_missing_or_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="k49-train-imgs.npz"):
+        load_kuzushiji_npz(tmp_path)
+    np.savez(tmp_path / "k49-train-imgs.npz", arr_0=np.zeros((3, 28, 27), np.uint8))
+    np.savez(tmp_path / "k49-train-labels.npz", arr_0=np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="expected \\(N, 28, 28\\)"):
+        load_kuzushiji_npz(tmp_path)
+
+
+def test_balanced_class_weights_match_sklearn_and_cover_absent_classes():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    w = balanced_class_weights(y, 4)
+    assert w == pytest.approx({0: 6 / (3 * 3), 1: 6 / (3 * 1), 2: 6 / (3 * 2), 3: 1.0})
+
+
+def test_transfer_freezes_whole_blocks_and_replaces_the_head():
+    from kana.models import build_cnn, build_transfer
+
+    base = build_cnn(30)
+    model = build_transfer(base, 46, frozen_blocks=2)
+    pools = [i for i, layer in enumerate(model.layers) if "pooling" in layer.name]
+    assert [layer.trainable for layer in model.layers[: pools[1] + 1]] == [False] * (pools[1] + 1)
+    assert all(layer.trainable for layer in model.layers[pools[1] + 1 :])
+    assert model.output_shape == (None, 46)
+    assert model.layers[0] is base.layers[0]  # the base's trained layers, not copies
+
+
+def test_model_builders_accept_the_notebooks_settings():
+    from kana.models import build_cnn, build_lstm
+
+    cnn = build_cnn(46, dense_units=40, batch_norm=False)
+    assert [layer.__class__.__name__ for layer in cnn.layers].count("Conv2D") == 6
+    assert cnn.count_params() == 370_278  # the notebook's model summary
+    lstm = build_lstm(46, 120, 160, units=400, dense_units=40, downsample=1)
+    assert lstm.count_params() == 915_526  # the notebook's model summary
+
+
+def test_model_config_round_trip():
+    config = ModelConfig("lstm", "strokes", ["a", "i"], 120, 4, "basic46", "run1")
+    assert ModelConfig.from_json(config.to_json()) == config
