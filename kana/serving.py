@@ -86,7 +86,7 @@ class Recognizer:
 
         from kana.strokes import InvalidSample, parse_strokes
 
-        if isinstance(samples, (dict, np.ndarray)) or not isinstance(samples, (list, tuple)):
+        if not isinstance(samples, (list, tuple)):
             raise MlflowException(
                 f"expected a list of samples, got {type(samples).__name__}; wrap one sample in a list",
                 error_code=INVALID_PARAMETER_VALUE,
