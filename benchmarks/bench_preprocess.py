@@ -28,6 +28,7 @@ from kana.dataset import build_dataset  # noqa: E402
 from kana.features import lstm_tensor, resample_stroke, resample_stroke_geomdl  # noqa: E402
 from kana.strokes import save_app_pickle  # noqa: E402
 from kana.synth import synthesize_dataset  # noqa: E402
+from kana.training import ModelConfig, dataset_inputs  # noqa: E402
 
 
 def best_of(fn, repeats=3):
@@ -73,7 +74,8 @@ def main():
             print(f"{workers} worker(s)          : {len(samples) / t:12,.0f} samples/s")
         ds, _ = build_dataset(raw, "all", synthetic_per_class=0, progress=False)
         idx = np.arange(len(ds.labels))
-        t = best_of(lambda: ds.lstm_inputs(idx), repeats=2)
+        lstm = ModelConfig.for_dataset("lstm", ds.meta)
+        t = best_of(lambda: dataset_inputs(lstm, ds, idx), repeats=2)
         print(f"LSTM tensors         : {len(idx) / t:12,.0f} samples/s (built at training time)")
         t = best_of(lambda: synthesize_dataset(classes[:20], 20, seed=1), repeats=1)
         print(f"synthesis (1 core)   : {400 / t:12,.0f} samples/s")

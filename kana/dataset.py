@@ -66,12 +66,6 @@ class ProcessedDataset:
     def resampled(self, i: int) -> np.ndarray:
         return self.points[self.offsets[i] : self.offsets[i + 1]]
 
-    def cnn_inputs(self, idx: np.ndarray) -> np.ndarray:
-        return raster_batch_to_input(self.rasters[idx])
-
-    def lstm_inputs(self, idx: np.ndarray) -> np.ndarray:
-        ms = self.meta["max_strokes"]
-        return np.stack([features.lstm_tensor(self.resampled(i), ms) for i in idx])
 
 
 def raster_batch_to_input(rasters: np.ndarray) -> np.ndarray:
@@ -84,7 +78,7 @@ def raster_batch_to_input(rasters: np.ndarray) -> np.ndarray:
 
 def featurize(strokes: list[np.ndarray], n_points: int) -> tuple[np.ndarray, np.ndarray]:
     """One sample -> (resampled strokes float32, raster uint8): the features every model uses."""
-    resampled = features.resample_strokes(strokes, n_points).astype(np.float32)
+    resampled = features.resample_for_model(strokes, n_points)
     return resampled, features.render_raster(resampled)
 
 

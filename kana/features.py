@@ -83,6 +83,11 @@ def resample_strokes(strokes, n_points: int = N_POINTS) -> np.ndarray:
     return out
 
 
+def resample_for_model(strokes, n_points: int = N_POINTS) -> np.ndarray:
+    """Resampled strokes as every model's features start from (float32), in training and serving."""
+    return resample_strokes(strokes, n_points).astype(np.float32)
+
+
 def resample_stroke_geomdl(points: np.ndarray, n_points: int = N_POINTS) -> np.ndarray:
     """The notebook's reference implementation with geomdl (slow; used by tests and benchmarks)."""
     from geomdl import BSpline, utilities

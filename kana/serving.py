@@ -115,10 +115,10 @@ class Recognizer:
 
     def probabilities(self, parsed: list[list[np.ndarray]]) -> np.ndarray:
         """The features this model's family needs (as training made them), then the network."""
-        from kana.features import resample_strokes
+        from kana.features import resample_for_model
         from kana.training import model_inputs
 
-        resampled = [resample_strokes(s, self.config.n_points).astype(np.float32) for s in parsed]
+        resampled = [resample_for_model(s, self.config.n_points) for s in parsed]
         return np.asarray(self.predict_probs(model_inputs(self.config, resampled)))
 
     def predict(self, samples) -> pd.DataFrame:

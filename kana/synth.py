@@ -280,7 +280,7 @@ def _join(strokes: list[np.ndarray], target: int, rng: np.random.Generator,
         if keep_apart is not None:
             gaps[keep_apart - 1 :] = np.inf
         i = int(np.argmin(gaps))
-        if keep_apart is not None and i < keep_apart:
+        if keep_apart is not None:  # the join was inside the base kana: it has one stroke fewer
             keep_apart -= 1
         bridge = _densify(np.vstack([strokes[i][-1], strokes[i + 1][0]]))
         strokes[i : i + 2] = [np.vstack([strokes[i], bridge[1:-1], strokes[i + 1]])]
@@ -314,7 +314,7 @@ def _template(kana: KanaClass, rng: np.random.Generator) -> tuple[list[np.ndarra
     base = _normalised(glyph_strokes(kana.character[0]), 1.0)
     small = _normalised(glyph_strokes(kana.character[1]), rng.uniform(0.4, 0.6))
     base_lo, base_hi = np.vstack(base).min(axis=0), np.vstack(base).max(axis=0)
-    small_lo, small_hi = np.vstack(small).min(axis=0), np.vstack(small).max(axis=0)
+    small_lo = np.vstack(small).min(axis=0)
     gap = rng.uniform(0.03, 0.2)
     shift = np.array([
         base_hi[0] + gap - small_lo[0],

@@ -16,13 +16,12 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+ENTRY_POINT_TAG = "kana.entry_point"
 
 
 def experiment_name() -> str:
     """The experiment kana's runs go to: `kana`, or KANA_EXPERIMENT (read at call time)."""
     return os.environ.get("KANA_EXPERIMENT", "kana")
-
-ENTRY_POINT_TAG = "kana.entry_point"
 
 
 @contextmanager

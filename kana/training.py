@@ -39,6 +39,19 @@ class ModelConfig:
     dataset_run_id: str = ""
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def for_dataset(cls, family: str, meta: dict, dataset_run_id: str = "") -> "ModelConfig":
+        """The config of a `family` model trained on a processed dataset (its `meta`)."""
+        return cls(
+            family=family,
+            input_kind=FAMILY_INPUT[family],
+            class_ids=meta["class_ids"],
+            n_points=meta["n_points"],
+            max_strokes=meta["max_strokes"],
+            class_set=meta["class_set"],
+            dataset_run_id=dataset_run_id,
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
@@ -72,6 +85,7 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
          class_weight, learning_rate):
     """Compile and fit with early stopping; returns (history dict, seconds per epoch list)."""
     import keras
+    import mlflow
     import tensorflow as tf
 
     from kana.models import augmentation
@@ -95,8 +109,6 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
 
         def on_epoch_end(self, epoch, logs=None):
             epoch_seconds.append(time.perf_counter() - self.t0)
-
-    import mlflow
 
     callbacks = [
         EpochTimer(),
@@ -166,15 +178,7 @@ def train_family(
 
     ds, dataset_run_id = load_dataset(dataset_run_id or None)
     meta = ds.meta
-    config = ModelConfig(
-        family=family,
-        input_kind=FAMILY_INPUT[family],
-        class_ids=meta["class_ids"],
-        n_points=meta["n_points"],
-        max_strokes=meta["max_strokes"],
-        class_set=meta["class_set"],
-        dataset_run_id=dataset_run_id,
-    )
+    config = ModelConfig.for_dataset(family, meta, dataset_run_id)
     run_name = f"{family}-{meta['class_set']}"
     tags = {"model_family": family, "kana.dataset_run_id": dataset_run_id, **(extra_tags or {})}
     with kana_run(f"train_{family}", run_name=run_name, tags=tags) as run:
@@ -206,7 +210,7 @@ def train_family(
             ),
             context="training",
         )
-        x = {s: _dataset_inputs(config, ds, i) for s, i in idx.items()}
+        x = {s: dataset_inputs(config, ds, i) for s, i in idx.items()}
         y = {s: ds.labels[i] for s, i in idx.items()}
         model = build_model(config, ds)
         t0 = time.perf_counter()
@@ -251,10 +255,9 @@ def train_family(
         return run.info.run_id
 
 
-def _dataset_inputs(config: ModelConfig, ds: ProcessedDataset, idx: np.ndarray) -> np.ndarray:
-    if config.input_kind == "raster":
-        return ds.cnn_inputs(idx)
-    return ds.lstm_inputs(idx)
+def dataset_inputs(config: ModelConfig, ds: ProcessedDataset, idx: np.ndarray) -> np.ndarray:
+    """Model inputs for dataset samples `idx`, from their stored resampled strokes and rasters."""
+    return model_inputs(config, [ds.resampled(i) for i in idx], ds.rasters[idx])
 
 
 def predict_probs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -55,8 +55,12 @@ def test_build_dataset_mixes_real_and_synthetic_and_reports_every_rejection(raw_
     assert ds.rasters.shape == (len(kept), 32, 32)
     assert ds.points.shape == (ds.offsets[-1], 120, 2)
     assert ds.points.dtype == np.float32
-    assert ds.lstm_inputs(np.arange(3)).shape == (3, 120, 4 * 4)  # basic46: at most 4 strokes
-    assert ds.cnn_inputs(np.arange(3)).max() <= 1.0
+    from kana.training import ModelConfig, dataset_inputs
+
+    lstm = dataset_inputs(ModelConfig.for_dataset("lstm", ds.meta), ds, np.arange(3))
+    cnn = dataset_inputs(ModelConfig.for_dataset("cnn", ds.meta), ds, np.arange(3))
+    assert lstm.shape == (3, 120, 4 * 4)  # basic46: at most 4 strokes
+    assert cnn.shape == (3, 32, 32, 1) and cnn.max() <= 1.0
 
 
 def test_dataset_round_trip_and_damage_detection(raw_dir, tmp_path):
