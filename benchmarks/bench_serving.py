@@ -64,42 +64,52 @@ def log_untrained_champions(tmp: Path) -> dict[str, str]:
         "cnn": (build_cnn(len(ids), RASTER_SHAPE), "raster"),
         "lstm": (build_lstm(len(ids), 120, 4 * ms), "strokes"),
         "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "raster"),
+        "transfer": (build_cnn(len(ids), RASTER_SHAPE), "raster"),  # same network as cnn
     }
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'bench.db'}")
     mlflow.set_experiment("bench")
-    uris = {}
+    files = {}
     for name, (net, kind) in nets.items():
         config = ModelConfig(name, kind, ids, 120, ms, "all")
         keras_path, config_path = tmp / f"{name}.keras", tmp / f"{name}.json"
         net.save(keras_path)
         config_path.write_text(config.to_json())
-        with mlflow.start_run(run_name=f"bench-{name}"):
-            info = log_pyfunc(str(keras_path), str(config_path), registered_model_name=f"bench-{name}")
-        uris[name] = f"models:/bench-{name}/{info.registered_model_version}"
+        files[name] = (str(keras_path), str(config_path))
+    champions = {
+        "ensemble (cnn+transfer+lstm, the default champion)": [files["cnn"], files["transfer"], files["lstm"]],
+        "lstm": [files["lstm"]],
+        "cnn": [files["cnn"]],
+        "cnn-notebook": [files["cnn-notebook"]],
+    }
+    uris = {}
+    for k, (name, members) in enumerate(champions.items()):
+        with mlflow.start_run(run_name=f"bench-{k}"):
+            info = log_pyfunc(members, registered_model_name=f"bench-{k}")
+        uris[name] = f"models:/bench-{k}/{info.registered_model_version}"
     return uris
 
 
 def keras_baselines(model_uri: str, sample):
-    """Keras predict() and a direct call on one sample, from the pyfunc's own Keras artifact."""
+    """Keras predict() and a direct call on one sample, with the pyfunc's own Keras models (every
+    member of an ensemble, one after the other)."""
     import keras
     import mlflow
 
-    from kana.serving import Recognizer
-    from kana.training import ModelConfig
+    from kana.training import ModelConfig, model_inputs
 
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    config = ModelConfig.from_json(next(local.rglob("kana_config*")).read_text())
-    model = keras.saving.load_model(next(local.rglob("*.keras")), compile=False)
-    rec = Recognizer.from_keras(model, config)
-    parsed = rec.parse([sample])
-    from kana.dataset import featurize
-    from kana.training import model_inputs
+    members = []
+    for config_path in sorted(local.rglob("kana_config.json")):
+        config = ModelConfig.from_json(config_path.read_text())
+        model = keras.saving.load_model(config_path.parent / "model.keras", compile=False)
+        from kana.features import resample_for_model
+        from kana.strokes import parse_strokes
 
-    feats = [featurize(s, config.n_points) for s in parsed]
-    x = model_inputs(config, [f[0] for f in feats], np.stack([f[1] for f in feats]))
+        x = model_inputs(config, [resample_for_model(parse_strokes(sample), config.n_points)])
+        members.append((model, x))
     out = {}
-    for name, fn in (("keras predict()", lambda: model.predict(x, verbose=0)),
-                     ("keras direct call", lambda: model(x, training=False))):
+    for name, fn in (("keras predict()", lambda: [m.predict(x, verbose=0) for m, x in members]),
+                     ("keras direct call", lambda: [m(x, training=False) for m, x in members])):
         fn()
         times = []
         for _ in range(30):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from kana.dataset import preprocess
+from kana.drawing import serve_page
 from kana.pipeline import main
 from kana.registry import register
 from kana.training import train_cnn, train_lstm, train_transfer
@@ -17,6 +18,7 @@ app.command("train-transfer")(train_transfer)
 app.command("train-lstm")(train_lstm)
 app.command("register")(register)
 app.command("main")(main)
+app.command("serve-page")(serve_page)
 
 if __name__ == "__main__":
     app()

@@ -80,6 +80,7 @@ def log_split_evaluation(
     metrics = classification_metrics(y_true, y_pred, prefix)
     if not metrics:
         return metrics
+    log_probabilities(prefix, y_true, probs)
     table = per_class_table(y_true, y_pred, class_ids)
     mlflow.log_table(table, f"evaluation/{prefix}_per_class_metrics.json")
     mlflow.log_text(table.to_csv(index=False), f"evaluation/{prefix}_per_class_metrics.csv")
@@ -99,3 +100,27 @@ def log_split_evaluation(
             f"evaluation/{prefix}_misclassified.tsv",
         )
     return metrics
+
+
+def log_probabilities(prefix: str, y_true: np.ndarray, probs: np.ndarray) -> None:
+    """The model's class probabilities on a split, so that runs can be combined (an ensemble is
+    scored at registration from these, without running any network again)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="kana-probs-") as tmp:
+        path = Path(tmp) / f"{prefix}_probabilities.npz"
+        np.savez_compressed(path, y_true=np.asarray(y_true), probs=np.asarray(probs, np.float32))
+        mlflow.log_artifact(str(path), "evaluation")
+
+
+def load_probabilities(run_id: str, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y_true, probs) a training run logged for a split, or None if it logged none."""
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"evaluation/{prefix}_probabilities.npz"
+        )
+    except Exception:
+        return None
+    with np.load(path) as z:
+        return z["y_true"], z["probs"]

@@ -86,24 +86,22 @@ def main(
             "lstm": _get_or_run("train_lstm", {**common, "epochs": lstm_epochs}, commit, reuse),
         }
         # Registering is cheap and must see every candidate, so it always runs.
-        _get_or_run("register", {"dataset_run_id": dataset_run_id, "model_name": model_name},
-                    commit, reuse=False)
-        from kana.registry import current_champion
+        registered = _get_or_run("register", {"dataset_run_id": dataset_run_id,
+                                              "model_name": model_name}, commit, reuse=False)
+        from kana.registry import ENSEMBLE, current_champion
 
         champion = current_champion(model_name)
-        champion_run = champion.tags.get("source_run_id") if champion else None
+        champion_source = champion.tags.get("source_run_id") if champion else None
         rows = []
         for family, run in runs.items():
             m = run.data.metrics
-            rows.append({
-                "family": family,
-                "val_bal_acc": m.get("val_balanced_accuracy"),
-                "test_bal_acc": m.get("test_balanced_accuracy"),
-                "real_bal_acc": m.get("real_balanced_accuracy"),
-                "train_s": m.get("train_seconds"),
-                "champion": "yes" if run.info.run_id == champion_run else "",
-                "run_id": run.info.run_id,
-            })
+            rows.append(_row(family, m, run.info.run_id, run.info.run_id == champion_source))
+        ensemble = {k.removeprefix("ensemble_"): v for k, v in registered.data.metrics.items()
+                    if k.startswith("ensemble_")}
+        if ensemble:
+            members = {r.info.run_id for r in runs.values()}
+            rows.append(_row(ENSEMBLE, ensemble, "(geometric mean of the above)",
+                             set((champion_source or "").split(",")) == members))
         table = format_table(rows)
         print(table)
         mlflow.log_text(table, "summary.txt")
@@ -111,6 +109,18 @@ def main(
             mlflow.set_tags({"champion_version": champion.version,
                              "champion_family": champion.tags.get("model_family", "")})
         return rows
+
+
+def _row(family: str, m: dict, run_id: str, is_champion: bool) -> dict:
+    return {
+        "family": family,
+        "val_bal_acc": m.get("val_balanced_accuracy"),
+        "test_bal_acc": m.get("test_balanced_accuracy"),
+        "real_bal_acc": m.get("real_balanced_accuracy"),
+        "train_s": m.get("train_seconds"),
+        "champion": "yes" if is_champion else "",
+        "run_id": run_id,
+    }
 
 
 def format_table(rows: list[dict]) -> str:

@@ -1,15 +1,21 @@
-"""The champion: pick the best training run, wrap it as a pyfunc, register it, move the alias.
+"""The champion: pick the best model, wrap it as a pyfunc, register it, move the alias.
 
-Choosing uses `val_balanced_accuracy` only (test metrics are for reporting). The winner is logged
-as a `KanaClassifier` pyfunc and registered (default name `kana-classifier`) with version tags
-`source_run_id`, `model_family` and `val_balanced_accuracy`, and alias `champion` points at it.
-A rerun that finds nothing better than the current champion leaves the alias where it is.
+Candidates on one processed dataset: every FINISHED training run, and the ensemble of the best run
+of each family (geometric mean of their probabilities, scored from the probabilities each run
+logged, so no network runs here). Choosing uses `val_balanced_accuracy` only (test and real
+metrics are for reporting); a tie goes to the ensemble, whose members read a sample in different
+ways (rasters and pen paths) and so disagree less on writing unlike the synthetic data. The winner
+is logged as a `KanaClassifier` pyfunc and registered (default name `kana-classifier`) with version
+tags `source_run_id` (comma-separated for an ensemble), `model_family` and
+`val_balanced_accuracy`, and alias `champion` points at it. A rerun that finds nothing better than
+the current champion leaves the alias where it is.
 """
 
 from __future__ import annotations
 
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -22,6 +28,7 @@ MODEL_NAME = "kana-classifier"
 CHAMPION = "champion"
 TRAIN_ENTRY_POINTS = ("train_cnn", "train_transfer", "train_lstm")
 SELECTION_METRIC = "val_balanced_accuracy"
+ENSEMBLE = "ensemble"
 
 
 def training_runs(dataset_run_id: str):
@@ -44,6 +51,57 @@ def current_champion(model_name: str):
         return None
 
 
+@dataclass
+class Candidate:
+    """A model that could become champion: one training run, or an ensemble of several."""
+
+    family: str
+    runs: list
+    score: float
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def source_run_id(self) -> str:
+        return ",".join(r.info.run_id for r in self.runs)
+
+
+def ensemble_candidate(runs: list) -> Candidate | None:
+    """The geometric-mean ensemble of `runs` (the best of each family), scored on the splits
+    every member logged probabilities for; None with fewer than two members or no val scores."""
+    from kana.evaluation import classification_metrics, load_probabilities
+    from kana.serving import combine_probabilities
+
+    if len(runs) < 2:
+        return None
+    metrics = {}
+    for split in ("val", "test", "real"):
+        logged = [load_probabilities(r.info.run_id, split) for r in runs]
+        if any(x is None for x in logged) or any(
+            not (x[0].shape == logged[0][0].shape and (x[0] == logged[0][0]).all()) for x in logged
+        ):
+            continue
+        combined = combine_probabilities([x[1].astype("float64") for x in logged])
+        metrics.update(classification_metrics(logged[0][0], combined.argmax(axis=1), split))
+    if SELECTION_METRIC not in metrics:
+        return None
+    return Candidate(ENSEMBLE, runs, metrics[SELECTION_METRIC], metrics)
+
+
+def choose(runs: list) -> tuple[Candidate, list[Candidate]]:
+    """The winner among the runs (best first) and their ensemble, and every candidate considered."""
+    singles = [Candidate(r.data.tags.get("model_family", ""), [r], r.data.metrics[SELECTION_METRIC],
+                         dict(r.data.metrics)) for r in runs]
+    best_per_family = {}
+    for c in singles:
+        best_per_family.setdefault(c.family, c.runs[0])
+    ensemble = ensemble_candidate(list(best_per_family.values()))
+    candidates = singles + ([ensemble] if ensemble else [])
+    winner = singles[0]
+    if ensemble is not None and ensemble.score >= winner.score:
+        winner = ensemble
+    return winner, candidates
+
+
 def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
     """MLflow entry point `register`. Returns the champion's version (new or kept)."""
     client = MlflowClient()
@@ -54,44 +112,49 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
                 raise RuntimeError("no FINISHED preprocess run: nothing to choose a champion for")
             dataset_run_id = latest.info.run_id
         log_params({"model_name": model_name, "dataset_run_id": dataset_run_id,
-                           "selection_metric": SELECTION_METRIC})
-        candidates = [r for r in training_runs(dataset_run_id) if SELECTION_METRIC in r.data.metrics]
-        if not candidates:
+                    "selection_metric": SELECTION_METRIC})
+        runs = [r for r in training_runs(dataset_run_id) if SELECTION_METRIC in r.data.metrics]
+        if not runs:
             raise RuntimeError(
                 f"no FINISHED training run on dataset {dataset_run_id} has {SELECTION_METRIC}"
             )
-        for r in candidates:
-            print(f"candidate {r.data.tags.get('model_family')} {r.info.run_id}: "
-                  f"{SELECTION_METRIC}={r.data.metrics[SELECTION_METRIC]:.4f}")
-        best = candidates[0]
-        best_score = best.data.metrics[SELECTION_METRIC]
+        best, candidates = choose(runs)
+        for c in candidates:
+            print(f"candidate {c.family} {c.source_run_id}: {SELECTION_METRIC}={c.score:.4f}")
+        ensemble = next((c for c in candidates if c.family == ENSEMBLE), None)
+        if ensemble is not None:
+            mlflow.log_metrics({f"ensemble_{k}": v for k, v in ensemble.metrics.items()})
         champion = current_champion(model_name)
         if champion is not None:
             score = float(champion.tags.get(SELECTION_METRIC, "-inf"))
-            if champion.tags.get("source_run_id") == best.info.run_id or score >= best_score:
+            if champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
                 print(f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})")
                 mlflow.set_tags({"champion_changed": "false", "champion_version": champion.version})
                 return champion.version
 
-        with _winner_files(best) as (keras_path, config_path):
+        with ExitStack() as stack:
             from kana.serving import log_pyfunc
 
-            info = log_pyfunc(keras_path, config_path, registered_model_name=model_name)
+            members = [stack.enter_context(_winner_files(r)) for r in best.runs]
+            info = log_pyfunc(members, registered_model_name=model_name)
         version = str(info.registered_model_version)
-        family = best.data.tags.get("model_family", "")
+        family = best.family
+        if family == ENSEMBLE:
+            family = "ensemble:" + "+".join(r.data.tags.get("model_family", "") for r in best.runs)
         for key, value in {
-            "source_run_id": best.info.run_id,
+            "source_run_id": best.source_run_id,
             "model_family": family,
-            SELECTION_METRIC: f"{best_score:.6f}",
+            SELECTION_METRIC: f"{best.score:.6f}",
             "dataset_run_id": dataset_run_id,
         }.items():
             client.set_model_version_tag(model_name, version, key, value)
         client.set_registered_model_alias(model_name, CHAMPION, version)
         mlflow.set_tags({"champion_changed": "true", "champion_version": version,
-                         "model_family": family, "source_run_id": best.info.run_id})
-        mlflow.log_metric(SELECTION_METRIC, best_score)
+                         "model_family": family, "source_run_id": best.source_run_id})
+        mlflow.log_metrics({k: v for k, v in best.metrics.items()
+                            if k.startswith(("val_", "test_", "real_"))})
         print(f"registered {model_name} version {version} ({family}, {SELECTION_METRIC}="
-              f"{best_score:.4f}) as @{CHAMPION}; run {run.info.run_id}")
+              f"{best.score:.4f}) as @{CHAMPION}; run {run.info.run_id}")
         return version
 
 

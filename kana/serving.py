@@ -1,10 +1,12 @@
 """The champion as a pyfunc: raw stroke dicts in, characters out.
 
-`KanaClassifier` carries the trained Keras model, the same network exported to ONNX (what it runs:
-ONNX Runtime answers one sample in about a millisecond where a Keras call costs 15-700 ms; the
-export is checked against Keras before it is registered), its `ModelConfig` (class table,
-feature settings) and the `kana` package itself (logged as code), so a sample is parsed,
-validated, resampled and rendered by exactly the code that prepared the training data.
+`KanaClassifier` carries one trained network or an ensemble of several (one per model family,
+combined by the geometric mean of their probabilities), each as its Keras model and the same
+network exported to ONNX (what serving runs: ONNX Runtime answers one sample in well under a
+millisecond where a Keras call costs 15-700 ms; every export is checked against Keras before it is
+registered), with its `ModelConfig` (class table, feature settings), and the `kana` package itself
+(logged as code), so a sample is parsed, validated, resampled and rendered by exactly the code
+that prepared the training data.
 
 Input (`predict`): a list of samples, each the app's raw dict `{1: ndarray (N, 2), ...}`, the same
 with string keys and lists (JSON), `{"strokes": [...]}`, or a plain list of strokes. The `list[Any]`
@@ -17,7 +19,11 @@ top-5 candidates as `top5_char_ids`, `top5_characters`, `top5_probabilities`.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -26,6 +32,7 @@ import pandas as pd
 
 TOP_K = 5
 MAX_BATCH = 10_000
+MEMBERS_FILE = "members.json"
 
 
 class KanaClassifier(mlflow.pyfunc.PythonModel):
@@ -36,48 +43,68 @@ class KanaClassifier(mlflow.pyfunc.PythonModel):
         return {}
 
     def load_context(self, context):
-        from kana.training import ModelConfig
-
-        with open(context.artifacts["kana_config"], encoding="utf-8") as fh:
-            self.config = ModelConfig.from_json(fh.read())
-        self.recognizer = Recognizer.from_onnx(context.artifacts["onnx_model"], self.config)
+        self.recognizer = Recognizer.from_members_dir(context.artifacts["members"])
 
     def predict(self, context, model_input: list[Any], params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self.recognizer.predict(model_input)
 
 
 class Recognizer:
-    """Raw samples -> prediction table, the same way in process, in the pyfunc and in tests."""
+    """Raw samples -> prediction table, the same way in process, in the pyfunc and in tests.
 
-    def __init__(self, predict_probs, config):
-        """`predict_probs` maps a model-input batch to class probabilities."""
+    `members` are (predict_probs, ModelConfig) pairs over the same classes; with several, the
+    probabilities are their geometric mean (renormalised), which rewards classes every member
+    finds likely: a product of experts that see the sample differently (raster vs pen path).
+    """
+
+    def __init__(self, members: list[tuple[Callable[[np.ndarray], np.ndarray], Any]]):
         from kana.classes import get_class
 
-        self.predict_probs = predict_probs
-        self.config = config
-        self.characters = np.array([get_class(c).character for c in config.class_ids])
-        self.class_ids = np.array(config.class_ids)
-        self.n_outputs = len(config.class_ids)
+        if not members:
+            raise ValueError("a recognizer needs at least one model")
+        configs = [c for _, c in members]
+        for c in configs[1:]:
+            if c.class_ids != configs[0].class_ids:
+                raise ValueError("ensemble members must share one class table")
+        self.members = members
+        self.config = configs[0]
+        self.max_strokes = min(c.max_strokes for c in configs)
+        self.characters = np.array([get_class(c).character for c in self.config.class_ids])
+        self.class_ids = np.array(self.config.class_ids)
+        self.n_outputs = len(self.config.class_ids)
 
-    @classmethod
-    def from_onnx(cls, onnx_path: str, config, threads: int | None = None) -> "Recognizer":
-        """ONNX Runtime on the CPU; KANA_ORT_THREADS sets its threads (default: up to 2)."""
+    @staticmethod
+    def onnx_session(onnx_path: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """ONNX Runtime on the CPU; KANA_ORT_THREADS sets its threads (default 1: one sample is
+        too small to split, and a server runs requests side by side)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(
-            os.environ.get("KANA_ORT_THREADS", min(2, os.cpu_count() or 1))
-        )
+        options.intra_op_num_threads = threads or int(os.environ.get("KANA_ORT_THREADS", 1))
         options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return cls(lambda x: session.run(None, {name: x})[0], config)
+        return lambda x: session.run(None, {name: x})[0]
 
     @classmethod
-    def from_keras(cls, model, config) -> "Recognizer":
+    def from_members_dir(cls, folder: str) -> "Recognizer":
+        """The members a pyfunc carries: `members.json` lists each one's ONNX file and config."""
+        from kana.training import ModelConfig
+
+        root = Path(folder)
+        listing = json.loads((root / MEMBERS_FILE).read_text(encoding="utf-8"))
+        return cls([
+            (cls.onnx_session(str(root / m["onnx"])),
+             ModelConfig.from_json((root / m["config"]).read_text(encoding="utf-8")))
+            for m in listing
+        ])
+
+    @classmethod
+    def from_keras(cls, models_and_configs: list[tuple[Any, Any]]) -> "Recognizer":
         from kana.training import predict_probs
 
-        return cls(lambda x: predict_probs(model, x), config)
+        return cls([((lambda x, m=m: predict_probs(m, x)), c) for m, c in models_and_configs])
 
     def parse(self, samples) -> list[np.ndarray]:
         """Validate the batch and every sample; errors name the sample and the field."""
@@ -102,11 +129,11 @@ class Recognizer:
         for k, sample in enumerate(samples):
             try:
                 strokes = parse_strokes(sample, f"sample {k}")
-                if len(strokes) > self.config.max_strokes:
+                if len(strokes) > self.max_strokes:
                     raise InvalidSample(
                         "too_many_strokes",
                         f"sample {k}: {len(strokes)} strokes; no class of this model has more than "
-                        f"{self.config.max_strokes}",
+                        f"{self.max_strokes}",
                     )
             except InvalidSample as exc:
                 raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
@@ -114,12 +141,22 @@ class Recognizer:
         return parsed
 
     def probabilities(self, parsed: list[list[np.ndarray]]) -> np.ndarray:
-        """The features this model's family needs (as training made them), then the network."""
+        """Each member's input (as training made it, shared where members take the same), its
+        probabilities, and their geometric mean when there are several."""
         from kana.features import resample_for_model
         from kana.training import model_inputs
 
-        resampled = [resample_for_model(s, self.config.n_points) for s in parsed]
-        return np.asarray(self.predict_probs(model_inputs(self.config, resampled)))
+        resampled: dict[int, list] = {}
+        inputs: dict[tuple, np.ndarray] = {}
+        outputs = []
+        for predict_probs, config in self.members:
+            if config.n_points not in resampled:
+                resampled[config.n_points] = [resample_for_model(s, config.n_points) for s in parsed]
+            key = (config.input_kind, config.n_points, config.max_strokes)
+            if key not in inputs:
+                inputs[key] = model_inputs(config, resampled[config.n_points])
+            outputs.append(np.asarray(predict_probs(inputs[key]), dtype=np.float64))
+        return combine_probabilities(outputs)
 
     def predict(self, samples) -> pd.DataFrame:
         probs = self.probabilities(self.parse(samples))
@@ -138,6 +175,16 @@ class Recognizer:
         )
 
 
+def combine_probabilities(outputs: list[np.ndarray]) -> np.ndarray:
+    """One model's probabilities as they are; several models' geometric mean, renormalised."""
+    if len(outputs) == 1:
+        return outputs[0]
+    log_mean = np.mean([np.log(np.clip(p, 1e-12, None)) for p in outputs], axis=0)
+    log_mean -= log_mean.max(axis=1, keepdims=True)
+    combined = np.exp(log_mean)
+    return combined / combined.sum(axis=1, keepdims=True)
+
+
 def export_onnx(keras_model_path: str, config, onnx_path: str, atol: float = 1e-5) -> float:
     """Export the Keras model to ONNX and check both give the same probabilities on synthetic
     samples of every class; returns the largest difference (raises if it is above `atol`)."""
@@ -149,37 +196,52 @@ def export_onnx(keras_model_path: str, config, onnx_path: str, atol: float = 1e-
     model = keras.saving.load_model(keras_model_path, compile=False)
     rng = np.random.default_rng(0)
     samples = [synthesize_sample(get_class(c), rng) for c in config.class_ids]
-    keras_rec = Recognizer.from_keras(model, config)
-    expected = keras_rec.probabilities(samples)
+    expected = Recognizer.from_keras([(model, config)]).probabilities(samples)
     model.export(onnx_path, format="onnx", verbose=False)
-    got = Recognizer.from_onnx(onnx_path, config).probabilities(samples)
+    got = Recognizer([(Recognizer.onnx_session(onnx_path), config)]).probabilities(samples)
     diff = float(np.abs(expected - got).max())
     if diff > atol or not (expected.argmax(1) == got.argmax(1)).all():
         raise RuntimeError(f"ONNX export differs from the Keras model by {diff:.2e}")
     return diff
 
 
-def log_pyfunc(keras_model_path: str, config_path: str, registered_model_name: str | None = None):
-    """Export to ONNX, then log the pyfunc (with the kana package as code) in the active run."""
-    import tempfile
-    from pathlib import Path
-
-    import kana
+def write_members(members: list[tuple[str, str]], folder: Path) -> float:
+    """Lay out the pyfunc's members (Keras file, its ONNX export, its config) under `folder`;
+    returns the largest Keras-vs-ONNX difference seen."""
     from kana.training import ModelConfig
 
-    config = ModelConfig.from_json(Path(config_path).read_text(encoding="utf-8"))
+    listing, worst = [], 0.0
+    for k, (keras_path, config_path) in enumerate(members):
+        sub = folder / str(k)
+        sub.mkdir(parents=True)
+        shutil.copy(keras_path, sub / "model.keras")
+        shutil.copy(config_path, sub / "kana_config.json")
+        config = ModelConfig.from_json(Path(config_path).read_text(encoding="utf-8"))
+        worst = max(worst, export_onnx(keras_path, config, str(sub / "model.onnx")))
+        listing.append({"family": config.family, "keras": f"{k}/model.keras",
+                        "onnx": f"{k}/model.onnx", "config": f"{k}/kana_config.json"})
+    (folder / MEMBERS_FILE).write_text(json.dumps(listing, indent=2), encoding="utf-8")
+    return worst
+
+
+def log_pyfunc(members: list[tuple[str, str]], registered_model_name: str | None = None):
+    """Export every member (Keras model path, kana_config.json path) to ONNX, then log the pyfunc
+    (with the kana package as code) in the active run."""
+    import tempfile
+
+    import kana
+
     example = [
         {"1": [[-0.5, 0.5], [0.0, 0.52], [0.5, 0.5]], "2": [[0.0, 0.8], [0.02, 0.0], [-0.1, -0.7]]}
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = str(Path(tmp) / "model.onnx")
-        diff = export_onnx(keras_model_path, config, onnx_path)
+        folder = Path(tmp) / "members"
+        diff = write_members(members, folder)
         mlflow.log_metric("onnx_max_abs_diff", diff)
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=KanaClassifier(),
-            artifacts={"keras_model": keras_model_path, "onnx_model": onnx_path,
-                       "kana_config": config_path},
+            artifacts={"members": str(folder)},
             code_paths=[str(Path(kana.__file__).parent)],
             input_example=example,
             registered_model_name=registered_model_name,

@@ -316,10 +316,15 @@ def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, ob
 
 
 def iter_raw_files(raw_dir: Path) -> Iterator[Path]:
-    """Every raw file under `raw_dir`, in a stable order."""
+    """Every raw file under `raw_dir`, in a stable order. A `.json` beside a `.pickle` of the same
+    name is that sample's readable copy (the drawing page writes both) and is read once, as the
+    pickle."""
     for path in sorted(raw_dir.rglob("*")):
-        if path.is_file() and path.name.lower().endswith(RAW_SUFFIXES):
-            yield path
+        if not (path.is_file() and path.name.lower().endswith(RAW_SUFFIXES)):
+            continue
+        if path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file():
+            continue
+        yield path
 
 
 def source_of(path: Path, raw_dir: Path) -> str:

@@ -1,0 +1,270 @@
+"""The drawing page: saving drawings as raw data, its JSON API, and a real headless Chromium
+drawing a character stroke by stroke with pointer events."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import MODEL_NAME, ensure_debian_packages
+from kana.classes import get_class
+from kana.drawing import BadRequest, InProcessGuesser, make_server, save_drawing
+from kana.strokes import load_json_sample, load_pickle_sample, load_raw_dir
+from kana.synth import synthesize_sample
+
+KA = {"1": [[-0.6, 0.3], [0.2, 0.35], [0.1, -0.5]], "2": [[0.5, 0.5], [0.6, 0.1]],
+      "3": [[-0.2, 0.7], [-0.5, -0.6]]}
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def test_save_writes_the_app_pickle_and_a_json_twin_read_back_once(tmp_path):
+    path = save_drawing(tmp_path, "alice", "ka", KA)
+    assert path == tmp_path / "alice" / "ka00001.pickle"
+    from_pickle = load_pickle_sample(path)
+    from_json = load_json_sample(path.with_suffix(".json"))
+    for k, stroke in enumerate(from_pickle):
+        np.testing.assert_array_equal(stroke, np.array(KA[str(k + 1)]))
+        np.testing.assert_array_equal(stroke, from_json[k])
+    report = load_raw_dir(tmp_path)
+    assert [(s.char_id, s.source, s.path) for s in report.samples] == [("ka", "alice", "alice/ka00001.pickle")]
+    assert report.rejections == []
+
+
+def test_save_never_overwrites(tmp_path):
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "ka00002.pickle").write_bytes(b"someone else's file")
+    first = save_drawing(tmp_path, "bob", "ka", KA)
+    second = save_drawing(tmp_path, "bob", "ka", KA)
+    assert [first.name, second.name] == ["ka00003.pickle", "ka00004.pickle"]
+    assert (tmp_path / "bob" / "ka00002.pickle").read_bytes() == b"someone else's file"
+    # kya's files do not count as ka's
+    assert save_drawing(tmp_path, "bob", "kya", {str(i): [[0, 0], [0.1, 0.1]] for i in range(1, 7)}).name == "kya00001.pickle"
+
+
+def test_concurrent_saves_get_distinct_files(tmp_path):
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(save_drawing(tmp_path, "c", "ka", KA)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(paths)) == 8
+
+
+@pytest.mark.parametrize(
+    "contributor, char_id, strokes, fragment",
+    [
+        ("../etc", "ka", KA, "contributor"),
+        (".hidden", "ka", KA, "contributor"),
+        ("", "ka", KA, "contributor"),
+        (None, "ka", KA, "contributor"),
+        ("alice", "xx", KA, "'xx' is not a class"),
+        ("alice", None, KA, "is not a class"),
+        ("alice", "ka", {"1": KA["1"]}, "ka is written with 3"),
+        ("alice", "ka", {"1": [[float("nan"), 0]], "2": [[0, 0]], "3": [[0, 0]]}, "NaN"),
+        ("alice", "ka", {"1": [], "2": [[0, 0]], "3": [[0, 0]]}, "no points"),
+        ("alice", "ka", "strokes", "expected a dict of strokes"),
+    ],
+)
+def test_save_refuses_bad_drawings_with_a_reason(tmp_path, contributor, char_id, strokes, fragment):
+    with pytest.raises(BadRequest, match="") as exc:
+        save_drawing(tmp_path, contributor, char_id, strokes)
+    assert fragment in str(exc.value)
+    assert not list(tmp_path.rglob("*.pickle"))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@pytest.fixture(scope="module")
+def page(pipeline, tmp_path_factory):
+    """The page server in this process, guessing with the tiny pipeline's champion."""
+    raw_dir = tmp_path_factory.mktemp("page-raw")
+    server = make_server(InProcessGuesser(f"models:/{MODEL_NAME}@champion"), raw_dir, port=0,
+                         contributor="tester")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", raw_dir
+    server.shutdown()
+    server.server_close()
+
+
+def _call(url, payload=None, raw=None):
+    data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_api_guesses_like_the_pyfunc_and_refuses_bad_requests(page, pipeline):
+    url, _ = page
+    status, body = _call(f"{url}/api/predict", {"strokes": KA})
+    assert status == 200 and len(body["guesses"]) == 5
+    local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict([KA]).iloc[0]
+    assert [g["char_id"] for g in body["guesses"]] == list(local.top5_char_ids)
+    probs = [g["probability"] for g in body["guesses"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    for payload, raw, fragment in [
+        ({"strokes": {"1": []}}, None, "has no points"),
+        ({"strokes": None}, None, "expected a dict of strokes"),
+        (None, b"{not json", "not JSON"),
+        (None, b"[1, 2]", "JSON object"),
+        ({"strokes": KA, "char_id": "ka", "contributor": "a/b"}, None, "contributor"),
+    ]:
+        endpoint = "save" if payload and "char_id" in payload else "predict"
+        status, body = _call(f"{url}/api/{endpoint}", payload, raw)
+        assert status == 400 and fragment in body["error"], body
+    assert _call(f"{url}/api/nothing", {})[0] == 404
+    status, body = _call(f"{url}/api/classes")
+    assert status == 200 and len(body["classes"]) == 108 and body["contributor"] == "tester"
+    with urllib.request.urlopen(f"{url}/") as resp:
+        html = resp.read().decode()
+    assert "<canvas" in html and "http://" not in html and "https://" not in html  # nothing external
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = ensure_debian_packages("chromium", ["chromium", "chromium-driver", "fonts-ipafont-gothic"])
+    driver_path = ensure_debian_packages("chromedriver", ["chromium-driver"])
+    if not (chromium and driver_path):
+        pytest.skip("Debian chromium/chromium-driver not installed and not installable here")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1100,900", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def _confident_sample(model, char_ids, rng):
+    """A synthetic sample the champion reads right by a clear margin (the tiny test model is
+    weak), so the browser's pixel-rounded copy of it must be read the same."""
+    for _ in range(20):
+        for cid in char_ids:
+            strokes = synthesize_sample(get_class(cid), rng)
+            row = model.predict([[s.tolist() for s in strokes]]).iloc[0]
+            p = row.top5_probabilities
+            if row.char_id == cid and p[0] - p[1] > 0.4:
+                return cid, strokes
+    pytest.fail("the tiny champion reads no synthetic sample with a clear margin")
+
+
+def _draw_stroke(driver, canvas, stroke):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    size = canvas.size["width"]
+    offsets = [(round(x * size / 2), round(-y * size / 2)) for x, y in stroke]
+    chain = ActionChains(driver, duration=0).move_to_element_with_offset(canvas, *offsets[0]).click_and_hold()
+    for ox, oy in offsets[1:]:
+        chain.move_to_element_with_offset(canvas, ox, oy)
+    chain.release().perform()
+
+
+def test_draw_see_guess_undo_save_in_chromium(page, browser, tmp_path):
+    from PIL import Image, ImageDraw
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+
+    url, raw_dir = page
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    cid, strokes = _confident_sample(model, ["ka", "ki", "sa", "no", "ta", "ma", "ho"],
+                                     np.random.default_rng(5))
+    driver = browser
+    driver.get(url)
+    wait = WebDriverWait(driver, 20)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    canvas = driver.find_element(By.ID, "canvas")
+    count = driver.find_element(By.ID, "count")
+
+    def top_guess():
+        items = driver.find_elements(By.CSS_SELECTOR, "#guesses li")
+        return items[0].get_attribute("data-char-id") if items else None
+
+    for k, stroke in enumerate(strokes):
+        _draw_stroke(driver, canvas, stroke)
+        wait.until(lambda d: count.text == f"{k + 1} stroke{'s' if k else ''}")
+        # guesses after every stroke: five of them
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#guesses li")) == 5)
+    wait.until(lambda d: top_guess() == cid)
+
+    drawn = driver.execute_script("return window.kanaSample()")
+    assert len(drawn) == len(strokes)
+    for k, stroke in enumerate(strokes):
+        got = np.array(drawn[str(k + 1)])
+        # the same path, to the pixel (consecutive repeats from rounding are dropped)
+        assert abs(len(got) - len(stroke)) <= len(stroke) // 4
+        assert np.abs(got[0] - stroke[0]).max() < 0.01 and np.abs(got[-1] - stroke[-1]).max() < 0.01
+
+    # undo (from the keyboard) drops the last stroke; drawing it again restores the guess
+    undo = driver.find_element(By.ID, "undo")
+    assert undo.is_enabled()
+    undo.send_keys(Keys.ENTER)
+    wait.until(lambda d: count.text.startswith(f"{len(strokes) - 1} stroke"))
+    _draw_stroke(driver, canvas, strokes[-1])
+    wait.until(lambda d: count.text == f"{len(strokes)} strokes" or len(strokes) == 1)
+    wait.until(lambda d: top_guess() == cid)
+
+    shot = tmp_path / "drawing-page.png"
+    driver.save_screenshot(str(shot))
+    canvas_png = tmp_path / "canvas.png"
+    canvas.screenshot(str(canvas_png))
+    # The screenshot shows the character upright where it was drawn: its ink matches the
+    # recorded strokes drawn independently here (y up on the app's canvas, y down on screen).
+    seen = np.asarray(Image.open(canvas_png).convert("L").resize((64, 64), Image.BILINEAR)) < 160
+    drawn = driver.execute_script("return window.kanaSample()")
+    expected_img = Image.new("L", (64, 64), 0)
+    pen = ImageDraw.Draw(expected_img)
+    for points in drawn.values():
+        xy = [((x + 1) / 2 * 64, (1 - y) / 2 * 64) for x, y in points]
+        pen.line(xy + xy[-1:], fill=255, width=3)
+    expected = np.asarray(expected_img) > 0
+    overlap = (seen & expected).sum() / max(1, (seen | expected).sum())
+    assert overlap > 0.5, f"screenshot ink overlaps the recorded strokes by {overlap:.2f}"
+    flipped = (seen & expected[::-1]).sum() / max(1, (seen | expected[::-1]).sum())
+    assert flipped < overlap / 2
+
+    Select(driver.find_element(By.ID, "char")).select_by_value(cid)
+    contributor = driver.find_element(By.ID, "contributor")
+    assert contributor.get_attribute("value") == "tester"
+    contributor.clear()
+    contributor.send_keys("browser")
+    driver.find_element(By.ID, "save").click()
+    status = driver.find_element(By.ID, "status")
+    wait.until(lambda d: status.get_attribute("data-saved"))
+    saved = Path(status.get_attribute("data-saved"))
+    assert saved == raw_dir / "browser" / f"{cid}00001.pickle"
+    loaded = load_pickle_sample(saved)
+    assert len(loaded) == len(drawn)
+    for k, stroke in enumerate(loaded):
+        np.testing.assert_array_equal(stroke, np.array(drawn[str(k + 1)]))
+    # a second save of the same drawing is a new file
+    driver.find_element(By.ID, "save").click()
+    wait.until(lambda d: status.get_attribute("data-saved").endswith("00002.pickle"))
+    assert saved.exists() and len(list((raw_dir / "browser").glob("*.pickle"))) == 2
+
+    driver.find_element(By.ID, "clear").click()
+    wait.until(lambda d: count.text == "0 strokes")
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#guesses li"))
