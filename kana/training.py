@@ -66,6 +66,8 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
         if rasters is None:
             rasters = np.stack([features.render_raster(r) for r in resampled])
         return raster_batch_to_input(rasters)
+    if not resampled:  # an empty split
+        return np.zeros((0, config.n_points, 4 * config.max_strokes), dtype=np.float32)
     return np.stack([features.lstm_tensor(r, config.max_strokes) for r in resampled])
 
 

@@ -89,7 +89,7 @@ def test_same_seed_and_data_give_the_same_split_and_metrics(tmp_path, monkeypatc
     assert (first.split == second.split).all()
 
     prep = subprocess.run(_entry("preprocess", "--raw-dir", "", "--class-set", "basic46",
-                                 "--synthetic-per-class", 5), cwd=PROJECT_DIR, env=os.environ,
+                                 "--synthetic-per-class", 10), cwd=PROJECT_DIR, env=os.environ,
                           capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0, prep.stderr[-2000:]
     for _ in range(2):

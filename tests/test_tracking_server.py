@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -44,12 +45,13 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    pytest.importorskip("psycopg2", reason="the test extra installs psycopg2-binary")
+def postgres():
+    pytest.importorskip("psycopg", reason="the test extra installs psycopg[binary]")
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL is not installed and cannot be installed here")
-    root = tmp_path_factory.mktemp("postgres")
+    # not under pytest's tmp dir: that is private to us, and the server runs as `postgres`
+    root = Path(tempfile.mkdtemp(prefix="kana-pg-"))
     data, pwfile = root / "data", root / "pw"
     pwfile.write_text(PG_PASSWORD)
     if os.geteuid() == 0:
@@ -68,6 +70,7 @@ def postgres(tmp_path_factory):
     finally:
         subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
                        capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +78,12 @@ def tracking_server(postgres, tmp_path_factory):
     backend_uri, _, _ = postgres
     artifacts = tmp_path_factory.mktemp("team-artifacts")
     port = free_port()
+    log_path = artifacts.parent / "mlflow-server.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
          str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -89,15 +94,17 @@ def tracking_server(postgres, tmp_path_factory):
                     break
             except Exception:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow server did not come up") from None
+                    raise RuntimeError("mlflow server did not come up:\n" + log_path.read_text()[-3000:]) from None
                 time.sleep(1)
         yield url, artifacts
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tmp_path, monkeypatch):
