@@ -61,10 +61,10 @@ def log_untrained_champions(tmp: Path) -> dict[str, str]:
     ids = [c.char_id for c in classes.class_set("all")]
     ms = classes.max_strokes("all")
     nets = {
-        "cnn": (build_cnn(len(ids), RASTER_SHAPE), "raster"),
+        "cnn": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "raster"),
         "lstm": (build_lstm(len(ids), 120, 4 * ms), "strokes"),
         "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "raster"),
-        "transfer": (build_cnn(len(ids), RASTER_SHAPE), "raster"),  # same network as cnn
+        "transfer": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "raster"),  # same network as cnn
     }
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'bench.db'}")
     mlflow.set_experiment("bench")

@@ -20,10 +20,12 @@ from keras import layers
 
 
 def build_cnn(
-    n_classes: int, input_shape=(32, 32, 1), dense_units: int = 128, batch_norm: bool = True
+    n_classes: int, input_shape=(32, 32, 1), dense_units: int = 128, batch_norm: bool = True,
+    filters: int = 32,
 ) -> keras.Model:
+    """`filters` is the first block's width (then 2x, 4x): 32 is the notebook's."""
     stack: list = [keras.Input(input_shape)]
-    for filters in (32, 64, 128):
+    for filters in (filters, 2 * filters, 4 * filters):
         for _ in range(2):
             if batch_norm:
                 stack += [layers.Conv2D(filters, 3, padding="same", use_bias=False),
