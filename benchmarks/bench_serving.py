@@ -10,7 +10,8 @@ MLflow store; speed does not depend on the weights. Prints, per model:
 - the pyfunc, one raw sample in, prediction out, in process: p50 / p99 (goal p50 <= 2 ms);
 - batched: samples/s for batches of 1,000 raw samples (goal >= 2,000/s);
 - HTTP (`--http`, on the first model): 10,000 requests from 8 concurrent clients on loopback,
-  p50 / p99 (goal p99 <= 25 ms), errors, and the server's RSS before and after.
+  p50 / p99 (goal p99 <= 25 ms), errors, and the server's RSS before and after; once per
+  `--workers` count (default: 1, MLflow's default, and 2, one per core here).
 """
 
 from __future__ import annotations
@@ -144,32 +145,35 @@ def _timed(fn):
 
 
 def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children, from /proc."""
-    total = 0.0
-    pids = [pid]
-    try:
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        pids += [int(c) for c in children]
-    except FileNotFoundError:
-        pass
-    for p in pids:
+    """Resident memory of a process and all its descendants (uvicorn's workers), from /proc."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
         try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                todo += [int(c) for c in fh.read().split()]
         except OSError:
             pass
     return total
 
 
-def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8, time_limit: float = 300):
+def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8, time_limit: float = 300,
+               workers: int = 1):
+    """`mlflow models serve` with `workers` uvicorn workers; with several, each runs ONNX Runtime
+    on one thread (KANA_ORT_THREADS=1), so the workers share the cores instead of fighting.
+    Each client opens a connection per request (urllib)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = dict(os.environ)
+    if workers > 1:
+        env["KANA_ORT_THREADS"] = "1"
     proc = subprocess.Popen(
         ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/invocations"
@@ -237,6 +241,8 @@ def main():
     parser.add_argument("--model-uri", help="a registered kana pyfunc (default: untrained nets of each family)")
     parser.add_argument("--http", action="store_true", help="also load-test mlflow models serve")
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="uvicorn worker counts to load-test (default: 1 and 2)")
     args = parser.parse_args()
     samples = raw_samples(2000)
     print(f"machine: {os.cpu_count()} cores; {len(samples)} synthetic raw samples (all 108 classes)")
@@ -251,11 +257,13 @@ def main():
             print(f"pyfunc, batches of 1000  : {rate:9,.0f} samples/s          (goal >= 2,000/s)")
         if args.http:
             name, uri = next(iter(uris.items()))
-            r = bench_http(uri, samples, args.requests)
-            print(f"\n== HTTP, {name}: {r['requests']} requests, 8 clients, loopback ==")
-            print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
-                  f"{r['rps']:.0f} req/s; errors {r['errors']}")
-            print(f"server RSS before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
+            for workers in args.workers:
+                r = bench_http(uri, samples, args.requests, workers=workers)
+                print(f"\n== HTTP, {name}: {r['requests']} requests, 8 clients, loopback, "
+                      f"--workers {workers}{' (KANA_ORT_THREADS=1)' if workers > 1 else ''} ==")
+                print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
+                      f"{r['rps']:.0f} req/s; errors {r['errors']}")
+                print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
 
 
 if __name__ == "__main__":

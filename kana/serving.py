@@ -75,14 +75,18 @@ class Recognizer:
 
     @staticmethod
     def onnx_session(onnx_path: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """ONNX Runtime on the CPU; KANA_ORT_THREADS sets its threads (default 1: one sample is
-        too small to split, and a server runs requests side by side)."""
+        """ONNX Runtime on the CPU. KANA_ORT_THREADS sets its threads (default: up to 2; a server
+        with one worker per core does best with 1)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("KANA_ORT_THREADS", 1))
+        options.intra_op_num_threads = threads or int(
+            os.environ.get("KANA_ORT_THREADS", min(2, os.cpu_count() or 1))
+        )
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # threads sleep between calls instead of spinning: a server's other requests need the CPU
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})[0]
@@ -162,16 +166,13 @@ class Recognizer:
         probs = self.probabilities(self.parse(samples))
         k = min(TOP_K, self.n_outputs)
         top = np.argsort(-probs, axis=1)[:, :k]
-        top_p = np.take_along_axis(probs, top, axis=1)
-        return pd.DataFrame(
-            {
-                "char_id": self.class_ids[top[:, 0]],
-                "character": self.characters[top[:, 0]],
-                "probability": top_p[:, 0].astype(float),
-                "top5_char_ids": [list(r) for r in self.class_ids[top]],
-                "top5_characters": [list(r) for r in self.characters[top]],
-                "top5_probabilities": [[float(p) for p in r] for r in top_p],
-            }
+        ids, chars, top_p = self.class_ids[top].tolist(), self.characters[top].tolist(), (
+            np.take_along_axis(probs, top, axis=1).tolist())
+        # from plain Python rows: cheaper than column arrays of lists, and JSON-ready
+        return pd.DataFrame.from_records(
+            [(i[0], c[0], p[0], i, c, p) for i, c, p in zip(ids, chars, top_p)],
+            columns=["char_id", "character", "probability", "top5_char_ids", "top5_characters",
+                     "top5_probabilities"],
         )
 
 
