@@ -1,9 +1,11 @@
 """The three model families, as the notebook built them, in Keras 3.
 
-- `build_cnn`: Conv 32-32, pool, 64-64, pool, 128-128, pool, Dense, softmax, on 32x32 rasters.
-  By default each convolution is followed by batch normalisation and the Dense layer has 128
-  units (the notebook: no normalisation, Dense 40, both reachable by params): with 108 classes
-  the notebook's net reached 93% validation accuracy in 8 epochs here, too slow for 2 CPU cores.
+- `build_cnn`: Conv f-f, pool, 2f-2f, pool, 4f-4f, pool, Dense, softmax, on 32x32 rasters (the
+  notebook: f = 32). Each convolution is followed by batch normalisation and the Dense layer has
+  128 units by default (the notebook: no normalisation, Dense 40, both reachable by params): with
+  108 classes the notebook's net reached 93% validation accuracy in 8 epochs here, too slow for 2
+  CPU cores. `train_cnn`/`train_transfer` use f = 16: a quarter of the compute per sample in
+  serving, where the ensemble with the LSTM reads as well as with f = 32.
 - `build_transfer`: the convolutional base of a CNN trained on other characters (kanji), a new
   Dense head, and the first `frozen_blocks` convolution blocks frozen.
 - `build_lstm`: LSTM over the (n_points, 4 * max_strokes) stroke tensor, dropout, Dense, softmax.
