@@ -298,3 +298,20 @@ def test_served_champion_rejects_bad_input_with_4xx_and_keeps_answering(served, 
     assert fragment in body.get("message", "")
     status, _ = _post(served, {"inputs": [[[[0.0, 0.5], [0.0, -0.5]]]]})
     assert status == 200
+
+
+def test_drawing_page_can_guess_through_a_served_model(pipeline, served):
+    """`kana serve-page --server-url ...`: the page's guesses from `mlflow models serve` are the
+    in-process champion's."""
+    from kana.drawing import BadRequest, InProcessGuesser, RemoteGuesser
+
+    remote = RemoteGuesser(f"http://127.0.0.1:{served}")
+    local = InProcessGuesser(f"models:/{MODEL_NAME}@champion")
+    for sample in _real_samples(pipeline, 3):
+        drawing = {str(i + 1): s.tolist() for i, s in enumerate(sample.strokes)}
+        got, want = remote.guesses(drawing), local.guesses(drawing)
+        assert [g["char_id"] for g in got] == [g["char_id"] for g in want]
+        np.testing.assert_allclose([g["probability"] for g in got], [g["probability"] for g in want], rtol=1e-5)
+    for guesser in (remote, local):
+        with pytest.raises(BadRequest, match="has no points"):
+            guesser.guesses({"1": []})
