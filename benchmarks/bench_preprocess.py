@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kana.classes import class_set  # noqa: E402
 from kana.dataset import build_dataset  # noqa: E402
-from kana.features import lstm_tensor, resample_stroke, resample_stroke_geomdl  # noqa: E402
+from kana.features import resample_stroke, resample_stroke_geomdl  # noqa: E402
 from kana.strokes import save_app_pickle  # noqa: E402
 from kana.synth import synthesize_dataset  # noqa: E402
 from kana.training import ModelConfig, dataset_inputs  # noqa: E402

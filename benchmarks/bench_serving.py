@@ -96,6 +96,8 @@ def keras_baselines(model_uri: str, sample):
     import keras
     import mlflow
 
+    from kana.features import resample_for_model
+    from kana.strokes import parse_strokes
     from kana.training import ModelConfig, model_inputs
 
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
@@ -103,9 +105,6 @@ def keras_baselines(model_uri: str, sample):
     for config_path in sorted(local.rglob("kana_config.json")):
         config = ModelConfig.from_json(config_path.read_text())
         model = keras.saving.load_model(config_path.parent / "model.keras", compile=False)
-        from kana.features import resample_for_model
-        from kana.strokes import parse_strokes
-
         x = model_inputs(config, [resample_for_model(parse_strokes(sample), config.n_points)])
         members.append((model, x))
     out = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,7 +18,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import MODEL_NAME, PROJECT_DIR, TINY
+from conftest import MODEL_NAME, PROJECT_DIR, TINY, free_port
 
 FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
 FINAL_METRICS = [
@@ -216,12 +215,6 @@ def test_rerunning_main_reuses_finished_steps_and_keeps_the_champion(pipeline):
 # --------------------------------------------------------------------------- serving over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, payload, raw: bytes | None = None):
     data = raw if raw is not None else json.dumps(payload).encode()
     req = urllib.request.Request(
@@ -237,7 +230,7 @@ def _post(port: int, payload, raw: bytes | None = None):
 
 @pytest.fixture(scope="module")
 def served(pipeline):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager",
          "local", "--host", "127.0.0.1", "--port", str(port)],
