@@ -149,7 +149,7 @@ def _synthetic_samples(classes, per_class, seed, workers, progress) -> list[RawS
 def build_dataset(
     raw_dir: str | Path | None,
     class_set: str = "all",
-    synthetic_per_class: int = 120,
+    synthetic_per_class: int = 240,
     seed: int = 127,
     n_points: int = features.N_POINTS,
     max_strokes: int | None = None,
@@ -296,7 +296,7 @@ def read_dataset(folder: Path) -> ProcessedDataset:
 def preprocess(
     raw_dir: str = "data/raw",
     class_set: str = "all",
-    synthetic_per_class: int = 120,
+    synthetic_per_class: int = 240,
     seed: int = 127,
     n_points: int = features.N_POINTS,
     max_strokes: int = 0,

@@ -53,7 +53,7 @@ def main(
     raw_dir: str = "data/raw",
     real_dir: str = "",
     class_set: str = "all",
-    synthetic_per_class: int = 120,
+    synthetic_per_class: int = 240,
     cnn_epochs: int = 7,
     transfer_epochs: int = 8,
     lstm_epochs: int = 12,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -77,7 +78,7 @@ def ensemble_candidate(runs: list) -> Candidate | None:
     for split in ("val", "test", "real"):
         logged = [load_probabilities(r.info.run_id, split) for r in runs]
         if any(x is None for x in logged) or any(
-            not (x[0].shape == logged[0][0].shape and (x[0] == logged[0][0]).all()) for x in logged
+            not np.array_equal(x[0], logged[0][0]) for x in logged  # not the same samples
         ):
             continue
         combined = combine_probabilities([x[1].astype("float64") for x in logged])
