@@ -310,7 +310,7 @@ def preprocess(
     import mlflow
 
     from kana import plots
-    from kana.tracking import kana_run, log_figure_png, log_params, scratch_dir
+    from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params, scratch_dir
 
     params = {
         "raw_dir": raw_dir,
@@ -360,7 +360,7 @@ def preprocess(
             mlflow.log_artifacts(str(tmp))
         log_figure_png(plots.class_balance_figure(counts), "class_balance.png")
         mlflow.log_image(_sample_grid(ds), "samples_grid.png")
-        mlflow.log_input(
+        log_dataset_input(
             mlflow.data.from_numpy(
                 ds.rasters, targets=ds.labels, name=f"kana-{class_set}", digest=meta["digest"]
             ),

@@ -74,6 +74,27 @@ def latest_finished_run(entry_point: str, extra_filter: str = ""):
     return runs[0] if runs else None
 
 
+def log_dataset_input(dataset, context: str, attempts: int = 5) -> None:
+    """`mlflow.log_input`, safe when two runs log the same dataset at once: the store checks for
+    the dataset and then inserts it, so the slower of two concurrent runs can hit a unique
+    constraint; by then the dataset exists and a retry just links it to this run."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc) and "duplicate key" not in str(exc):
+                raise
+            if attempt == attempts - 1:
+                raise
+            print(f"dataset {dataset.name} was being logged by another run at the same time; retrying")
+            time.sleep(0.2 * (attempt + 1))
+
+
 def log_figure_png(fig, artifact_file: str) -> None:
     """Log a matplotlib figure and close it (figures pile up in long runs otherwise)."""
     import matplotlib.pyplot as plt

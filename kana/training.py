@@ -19,7 +19,7 @@ import numpy as np
 
 from kana import features
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
-from kana.tracking import kana_run, log_figure_png, log_params
+from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
 
 FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes"}
 RASTER_SHAPE = (features.RASTER_SIZE + 2 * features.RASTER_PAD,) * 2 + (1,)
@@ -206,7 +206,7 @@ def train_family(
                 "real_dir": real_dir,
             }
         )
-        mlflow.log_input(
+        log_dataset_input(
             mlflow.data.from_numpy(
                 ds.rasters, targets=ds.labels, name=f"kana-{meta['class_set']}", digest=meta["digest"]
             ),
