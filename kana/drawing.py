@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import re
-import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -144,7 +143,6 @@ def make_server(guesser, raw_dir: str | Path, host: str = "127.0.0.1", port: int
     page = PAGE.read_bytes()
     classes = [{"char_id": c.char_id, "character": c.character, "romanization": c.romanization}
                for c in ALL_CLASSES]
-    save_lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "kana-page"
@@ -179,9 +177,8 @@ def make_server(guesser, raw_dir: str | Path, host: str = "127.0.0.1", port: int
                 if self.path == "/api/predict":
                     self._json(200, {"guesses": guesser.guesses(body.get("strokes"))})
                 elif self.path == "/api/save":
-                    with save_lock:
-                        path = save_drawing(raw_dir, body.get("contributor"), body.get("char_id"),
-                                            body.get("strokes"))
+                    path = save_drawing(raw_dir, body.get("contributor"), body.get("char_id"),
+                                        body.get("strokes"))
                     self._json(200, {"path": str(path)})
                 else:
                     self._json(404, {"error": f"no API at {self.path}"})

@@ -27,13 +27,13 @@ def build_cnn(
 ) -> keras.Model:
     """`filters` is the first block's width (then 2x, 4x): 32 is the notebook's."""
     stack: list = [keras.Input(input_shape)]
-    for filters in (filters, 2 * filters, 4 * filters):
+    for width in (filters, 2 * filters, 4 * filters):
         for _ in range(2):
             if batch_norm:
-                stack += [layers.Conv2D(filters, 3, padding="same", use_bias=False),
+                stack += [layers.Conv2D(width, 3, padding="same", use_bias=False),
                           layers.BatchNormalization(momentum=0.9), layers.ReLU()]
             else:
-                stack.append(layers.Conv2D(filters, 3, activation="relu", padding="same"))
+                stack.append(layers.Conv2D(width, 3, activation="relu", padding="same"))
         stack.append(layers.MaxPooling2D())
     stack += [layers.Flatten(), layers.Dense(dense_units, activation="relu"),
               layers.Dense(n_classes, activation="softmax")]

@@ -74,15 +74,13 @@ class Recognizer:
         self.n_outputs = len(self.config.class_ids)
 
     @staticmethod
-    def onnx_session(onnx_path: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    def onnx_session(onnx_path: str) -> Callable[[np.ndarray], np.ndarray]:
         """ONNX Runtime on the CPU. KANA_ORT_THREADS sets its threads (default: up to 2; a server
         with one worker per core does best with 1)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(
-            os.environ.get("KANA_ORT_THREADS", min(2, os.cpu_count() or 1))
-        )
+        options.intra_op_num_threads = int(os.environ.get("KANA_ORT_THREADS", min(2, os.cpu_count() or 1)))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # threads sleep between calls instead of spinning: a server's other requests need the CPU
