@@ -11,7 +11,9 @@ MLflow store; speed does not depend on the weights. Prints, per model:
 - batched: samples/s for batches of 1,000 raw samples (goal >= 2,000/s);
 - HTTP (`--http`, on the first model): 10,000 requests from 8 concurrent client processes on loopback,
   p50 / p99 (goal p99 <= 25 ms), errors, and the server's RSS before and after; once per
-  `--workers` count (default: 1, MLflow's default, and 2, one per core here).
+  `--workers` count (default: 1, MLflow's default, and 2, one per core here). The same load on
+  a model that does nothing (it answers one constant record per sample) gives the floor that
+  `mlflow models serve` and the clients themselves set on this machine.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,6 +161,21 @@ def _rss_mb(pid: int) -> float:
     return total
 
 
+def log_floor_model(tmp: Path) -> str:
+    """A pyfunc that answers a constant record per sample: served, it costs what the server and
+    the clients cost and nothing more."""
+    import mlflow
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: list[Any], params=None) -> list[dict[str, Any]]:
+            return [{"char_id": "a", "probability": 1.0} for _ in model_input]
+
+    path = tmp / "floor-model"
+    mlflow.pyfunc.save_model(str(path), python_model=Constant(),
+                             input_example=[{"1": [[0.0, 0.1], [0.2, 0.3]]}])
+    return str(path)
+
+
 def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8, time_limit: float = 300,
                workers: int = 1):
     """`mlflow models serve` with `workers` uvicorn workers; with several, each runs ONNX Runtime
@@ -253,6 +271,7 @@ def main():
             print(f"pyfunc, batches of 1000  : {rate:9,.0f} samples/s          (goal >= 2,000/s)")
         if args.http:
             name, uri = next(iter(uris.items()))
+            floor_uri = log_floor_model(Path(tmp))
             for workers in args.workers:
                 r = bench_http(uri, samples, args.requests, workers=workers)
                 print(f"\n== HTTP, {name}: {r['requests']} requests, 8 clients, loopback, "
@@ -260,6 +279,10 @@ def main():
                 print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
                       f"{r['rps']:.0f} req/s; errors {r['errors']}")
                 print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
+                f = bench_http(floor_uri, samples, args.requests, workers=workers)
+                print(f"floor (a model that does nothing, same load): p50 {f['p50']:.2f} ms  "
+                      f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}")
+                print(f"kana / floor: p50 {r['p50'] / f['p50']:.2f}x  p99 {r['p99'] / f['p99']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class InProcessGuesser:
         from mlflow.exceptions import MlflowException
 
         try:
-            row = self.model.predict([sample]).iloc[0]
+            row = self.model.predict([sample])[0]
         except MlflowException as exc:
             raise BadRequest(exc.message) from None
         return _top5(row)

@@ -13,8 +13,12 @@ with string keys and lists (JSON), `{"strokes": [...]}`, or a plain list of stro
 type hint gives a signature that takes ragged strokes in process and over HTTP (`{"inputs": [...]}`);
 bad samples raise an MlflowException naming the sample and what was wrong (HTTP 400).
 
-Output: a DataFrame, one row per sample in order: `char_id`, `character`, `probability`, and the
-top-5 candidates as `top5_char_ids`, `top5_characters`, `top5_probabilities`.
+Output: one record (a dict) per sample, in order: `char_id`, `character`, `probability`, and the
+top-5 candidates as `top5_char_ids`, `top5_characters`, `top5_probabilities`; over HTTP, the
+same records under "predictions"; `pandas.DataFrame(records)` for a table. Records, not a
+DataFrame, because pandas 3 stores strings in Arrow arrays: building the one-row frame and
+turning it back into JSON cost a served request about 1 ms of CPU and some 27 thread switches
+(measured with a model that does nothing), a third of what the server spends on it.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 
 TOP_K = 5
 MAX_BATCH = 10_000
@@ -45,12 +49,14 @@ class KanaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.recognizer = Recognizer.from_members_dir(context.artifacts["members"])
 
-    def predict(self, context, model_input: list[Any], params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context, model_input: list[Any], params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         return self.recognizer.predict(model_input)
 
 
 class Recognizer:
-    """Raw samples -> prediction table, the same way in process, in the pyfunc and in tests.
+    """Raw samples -> prediction records, the same way in process, in the pyfunc and in tests.
 
     `members` are (predict_probs, ModelConfig) pairs over the same classes; with several, the
     probabilities are their geometric mean (renormalised), which rewards classes every member
@@ -72,6 +78,7 @@ class Recognizer:
         self.characters = np.array([get_class(c).character for c in self.config.class_ids])
         self.class_ids = np.array(self.config.class_ids)
         self.n_outputs = len(self.config.class_ids)
+        self.batched_probabilities = BatchedCalls(self.probabilities)
 
     @staticmethod
     def onnx_session(onnx_path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -160,18 +167,69 @@ class Recognizer:
             outputs.append(np.asarray(predict_probs(inputs[key]), dtype=np.float64))
         return combine_probabilities(outputs)
 
-    def predict(self, samples) -> pd.DataFrame:
-        probs = self.probabilities(self.parse(samples))
+    def predict(self, samples) -> list[dict[str, Any]]:
+        probs = self.batched_probabilities(self.parse(samples))
         k = min(TOP_K, self.n_outputs)
         top = np.argsort(-probs, axis=1)[:, :k]
-        ids, chars, top_p = self.class_ids[top].tolist(), self.characters[top].tolist(), (
-            np.take_along_axis(probs, top, axis=1).tolist())
-        # from plain Python rows: cheaper than column arrays of lists, and JSON-ready
-        return pd.DataFrame.from_records(
-            [(i[0], c[0], p[0], i, c, p) for i, c, p in zip(ids, chars, top_p)],
-            columns=["char_id", "character", "probability", "top5_char_ids", "top5_characters",
-                     "top5_probabilities"],
-        )
+        ids, chars, top_p = (self.class_ids[top].tolist(), self.characters[top].tolist(),
+                             np.take_along_axis(probs, top, axis=1).tolist())
+        return [
+            {"char_id": i[0], "character": c[0], "probability": p[0],
+             "top5_char_ids": i, "top5_characters": c, "top5_probabilities": p}
+            for i, c, p in zip(ids, chars, top_p)
+        ]
+
+
+class BatchedCalls:
+    """Concurrent calls of `fn(items) -> array` answered by one call on all their items at once.
+
+    `mlflow models serve` runs each request's predict in a thread of its own. While one thread
+    runs the models, the requests that arrive meanwhile queue here, and when it is done the next
+    of them runs the whole queue as one batch and hands each caller its rows. A request never
+    waits for others to arrive: alone, it runs at once, as before. Under load a batch of k costs
+    far less than k single calls (one raw sample takes about 1.5 ms through the features and three
+    ONNX Runtime calls, a sample in a batch of 1,000 about 0.4 ms), so a worker answers more
+    requests and each waits less. Callers pass validated items; if the batched call raises, every
+    caller in that batch gets the error.
+    """
+
+    def __init__(self, fn: Callable[[list], np.ndarray]):
+        self.fn = fn
+        self.lock = threading.Condition()
+        self.queue: list[dict] = []
+        self.busy = False
+
+    def __call__(self, items: list) -> np.ndarray:
+        job = {"items": items, "done": False, "out": None, "error": None}
+        with self.lock:
+            self.queue.append(job)
+            while self.busy and not job["done"]:
+                self.lock.wait()
+            if job["done"]:  # another caller ran it in its batch
+                return self._result(job)
+            self.busy = True
+            batch, self.queue = self.queue, []
+        try:
+            out = self.fn([item for j in batch for item in j["items"]])
+            start = 0
+            for j in batch:
+                j["out"], start = out[start : start + len(j["items"])], start + len(j["items"])
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+            for j in batch:
+                j["error"] = exc
+        finally:
+            with self.lock:
+                for j in batch:
+                    j["done"] = True
+                self.busy = False
+                self.lock.notify_all()
+        return self._result(job)
+
+    @staticmethod
+    def _result(job: dict) -> np.ndarray:
+        if job["error"] is not None:
+            raise job["error"]
+        return job["out"]
 
 
 def combine_probabilities(outputs: list[np.ndarray]) -> np.ndarray:

@@ -113,8 +113,8 @@ def test_api_guesses_like_the_pyfunc_and_refuses_bad_requests(page, pipeline):
     url, _ = page
     status, body = _call(f"{url}/api/predict", {"strokes": KA})
     assert status == 200 and len(body["guesses"]) == 5
-    local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict([KA]).iloc[0]
-    assert [g["char_id"] for g in body["guesses"]] == list(local.top5_char_ids)
+    local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict([KA])[0]
+    assert [g["char_id"] for g in body["guesses"]] == local["top5_char_ids"]
     probs = [g["probability"] for g in body["guesses"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     for payload, raw, fragment in [
@@ -163,9 +163,9 @@ def _confident_sample(model, char_ids, rng):
     for _ in range(20):
         for cid in char_ids:
             strokes = synthesize_sample(get_class(cid), rng)
-            row = model.predict([[s.tolist() for s in strokes]]).iloc[0]
-            p = row.top5_probabilities
-            if row.char_id == cid and p[0] - p[1] > 0.4:
+            row = model.predict([[s.tolist() for s in strokes]])[0]
+            p = row["top5_probabilities"]
+            if row["char_id"] == cid and p[0] - p[1] > 0.4:
                 return cid, strokes
     pytest.fail("the tiny champion reads no synthetic sample with a clear margin")
 

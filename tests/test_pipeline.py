@@ -140,17 +140,18 @@ def test_champion_pyfunc_reads_raw_samples_in_every_shape(pipeline):
     json_dicts = [{str(i + 1): s.tolist() for i, s in enumerate(x.strokes)} for x in samples]
     stroke_lists = [[s.tolist() for s in x.strokes] for x in samples]
     out = model.predict(app_dicts)
-    assert list(out.columns[:3]) == ["char_id", "character", "probability"]
-    assert {"top5_char_ids", "top5_characters", "top5_probabilities"} <= set(out.columns)
     assert len(out) == len(samples)
-    for other in (json_dicts, stroke_lists):
-        pd.testing.assert_frame_equal(model.predict(other), out)
-    reversed_out = model.predict(app_dicts[::-1]).iloc[::-1].reset_index(drop=True)
-    pd.testing.assert_frame_equal(reversed_out, out)  # one row per sample, in order
-    for _, row in out.iterrows():
+    for row in out:
+        assert list(row) == ["char_id", "character", "probability", "top5_char_ids", "top5_characters",
+                             "top5_probabilities"]
         p = row["top5_probabilities"]
         assert row["char_id"] == row["top5_char_ids"][0] and p == sorted(p, reverse=True)
-        assert 0 < row["probability"] <= 1
+        assert row["character"] == row["top5_characters"][0] and row["probability"] == p[0]
+        assert 0 < row["probability"] <= 1 and len(p) == 5
+    for other in (json_dicts, stroke_lists):
+        assert model.predict(other) == out
+    assert model.predict(app_dicts[::-1])[::-1] == out  # one record per sample, in order
+    assert pd.DataFrame(out).shape == (len(samples), 6)  # and a table for whoever wants one
 
 
 def test_pyfunc_gives_the_trained_models_predictions(pipeline):
@@ -171,8 +172,8 @@ def test_pyfunc_gives_the_trained_models_predictions(pipeline):
     out = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(
         [{i + 1: s for i, s in enumerate(x)} for x in samples])
     top = np.array(members[0][1].class_ids)[expected.argmax(axis=1)]
-    assert out.char_id.tolist() == top.tolist()
-    np.testing.assert_allclose(out.probability, expected.max(axis=1), rtol=1e-5)
+    assert [r["char_id"] for r in out] == top.tolist()
+    np.testing.assert_allclose([r["probability"] for r in out], expected.max(axis=1), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -265,10 +266,14 @@ def test_served_champion_answers_raw_dicts_and_stroke_lists(pipeline, served):
     as_dicts = [{str(i + 1): s.tolist() for i, s in enumerate(x.strokes)} for x in samples]
     status, body = _post(served, {"inputs": as_dicts})
     assert status == 200
-    assert [p["char_id"] for p in body["predictions"]] == local.char_id.tolist()
+    def labels(records):
+        return [{k: v for k, v in r.items() if "probabilit" not in k} for r in records]
+
+    assert labels(body["predictions"]) == labels(local)  # the same records, as JSON
     status, body = _post(served, {"inputs": [[s.tolist() for s in x.strokes] for x in samples]})
     assert status == 200 and len(body["predictions"]) == len(samples)
-    np.testing.assert_allclose([p["probability"] for p in body["predictions"]], local.probability, rtol=1e-5)
+    np.testing.assert_allclose([p["probability"] for p in body["predictions"]],
+                               [r["probability"] for r in local], rtol=1e-5)
 
 
 @pytest.mark.parametrize(

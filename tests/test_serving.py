@@ -30,3 +30,79 @@ def test_zero_probabilities_do_not_produce_nan():
     b = np.array([[0.0, 1.0]])
     out = combine_probabilities([a, b])
     assert np.isfinite(out).all() and out.sum() == pytest.approx(1.0)
+
+
+def _run_in_threads(fn, args_list):
+    import threading
+
+    results, threads = [None] * len(args_list), []
+    for k, args in enumerate(args_list):
+        def target(k=k, args=args):
+            try:
+                results[k] = fn(args)
+            except Exception as exc:  # noqa: BLE001 - the test looks at what each caller got
+                results[k] = exc
+        threads.append(threading.Thread(target=target))
+        threads[-1].start()
+    return threads, results
+
+
+def test_concurrent_calls_share_one_batch_and_each_gets_its_own_rows():
+    import threading
+    import time
+
+    from kana.serving import BatchedCalls
+
+    release, batches = threading.Event(), []
+
+    def double(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            release.wait(10)  # the first caller is busy while the others arrive
+        return np.array(items) * 2
+
+    batched = BatchedCalls(double)
+    first, first_result = _run_in_threads(batched, [[1]])
+    while not batches:
+        time.sleep(0.001)
+    others, results = _run_in_threads(batched, [[10, 11], [20], [30, 31, 32]])
+    while len(batched.queue) < 3:
+        time.sleep(0.001)
+    release.set()
+    for t in first + others:
+        t.join(10)
+    assert batches[0] == [1] and len(batches) == 2 and sorted(batches[1]) == [10, 11, 20, 30, 31, 32]
+    assert first_result[0].tolist() == [2]
+    assert [r.tolist() for r in results] == [[20, 22], [40], [60, 62, 64]]
+    assert batched([5]).tolist() == [10] and not batched.busy and not batched.queue
+
+
+def test_a_failing_batch_fails_its_callers_and_the_next_call_runs():
+    import threading
+    import time
+
+    from kana.serving import BatchedCalls
+
+    release, calls = threading.Event(), []
+
+    def fails_on_7(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(10)
+        if 7 in items:
+            raise ValueError("seven")
+        return np.array(items)
+
+    batched = BatchedCalls(fails_on_7)
+    first, first_result = _run_in_threads(batched, [[1]])
+    while not calls:
+        time.sleep(0.001)
+    others, results = _run_in_threads(batched, [[7], [8]])
+    while len(batched.queue) < 2:
+        time.sleep(0.001)
+    release.set()
+    for t in first + others:
+        t.join(10)
+    assert first_result[0].tolist() == [1]
+    assert all(isinstance(r, ValueError) for r in results)
+    assert batched([9]).tolist() == [9]

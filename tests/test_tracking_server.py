@@ -132,7 +132,7 @@ def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tm
     champion = client.get_model_version_by_alias(MODEL, "champion")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     out = model.predict([synthesize_sample(get_class("a"), np.random.default_rng(0))])
-    assert len(out) == 1 and out.char_id[0] in {c.char_id for c in class_set("basic46")}
+    assert len(out) == 1 and out[0]["char_id"] in {c.char_id for c in class_set("basic46")}
 
     # everything went where a team expects it: runs and registry in PostgreSQL, files in the
     # server's artifact store (the client never wrote there itself)
