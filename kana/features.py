@@ -7,7 +7,8 @@
 - `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
   flipped to image convention, drawn with Pillow (width 1) and padded to 32x32.
 - `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
-  `max_strokes`, then scaled by (a + 1) / 2 as the notebook did.
+  `max_strokes`, then scaled by (a + 1) / 2 as the notebook did; optionally with the character
+  fitted to the box first (`fit_box`).
 """
 
 from __future__ import annotations
@@ -168,12 +169,21 @@ def stroke_directions(stroke_img: np.ndarray) -> np.ndarray:
     return np.vstack([unit, unit[-1:]])
 
 
-def lstm_tensor(resampled: np.ndarray, max_strokes: int) -> np.ndarray:
-    """Resampled strokes (app coords) -> float32 (n_points, 4 * max_strokes), the notebook's layout."""
+def fit_to_box(strokes_img: np.ndarray) -> np.ndarray:
+    """The character centred and scaled so its longer side spans [-1, 1], keeping its aspect: the
+    strokes' position and size on the canvas no longer matter, as for the raster."""
+    return fit_to_pixels(strokes_img, 3, 1) - 1.0
+
+
+def lstm_tensor(resampled: np.ndarray, max_strokes: int, fit_box: bool = False) -> np.ndarray:
+    """Resampled strokes (app coords) -> float32 (n_points, 4 * max_strokes), the notebook's layout
+    (x, y as drawn on the canvas), or with `fit_box` the character fitted to the whole box first."""
     n_strokes, n_points, _ = resampled.shape
     if n_strokes > max_strokes:
         raise ValueError(f"{n_strokes} strokes, but the features hold at most {max_strokes}")
     img = to_image_coords(resampled)
+    if fit_box:
+        img = fit_to_box(img)
     delta = np.diff(img, axis=1)
     length = np.hypot(delta[..., 0], delta[..., 1])
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -38,6 +38,7 @@ class ModelConfig:
     class_set: str
     dataset_run_id: str = ""
     extra: dict = field(default_factory=dict)
+    fit_box: bool = False  # strokes input: the character fitted to the box (see features.lstm_tensor)
 
     @classmethod
     def for_dataset(cls, family: str, meta: dict, dataset_run_id: str = "") -> "ModelConfig":
@@ -68,7 +69,7 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
         return raster_batch_to_input(rasters)
     if not resampled:  # an empty split
         return np.zeros((0, config.n_points, 4 * config.max_strokes), dtype=np.float32)
-    return np.stack([features.lstm_tensor(r, config.max_strokes) for r in resampled])
+    return np.stack([features.lstm_tensor(r, config.max_strokes, config.fit_box) for r in resampled])
 
 
 def seed_everything(seed: int) -> None:
@@ -169,6 +170,7 @@ def train_family(
     real_dir: str = "",
     augment: int = 0,
     extra_tags: dict | None = None,
+    fit_box: bool = False,
 ) -> str:
     """Train one family on a processed dataset and log everything; returns the run id.
 
@@ -181,6 +183,7 @@ def train_family(
     ds, dataset_run_id = load_dataset(dataset_run_id or None)
     meta = ds.meta
     config = ModelConfig.for_dataset(family, meta, dataset_run_id)
+    config.fit_box = fit_box
     run_name = f"{family}-{meta['class_set']}"
     tags = {"model_family": family, "kana.dataset_run_id": dataset_run_id, **(extra_tags or {})}
     with kana_run(f"train_{family}", run_name=run_name, tags=tags) as run:
@@ -323,10 +326,11 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 7, batch_size: int = 64,
 def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                learning_rate: float = 1e-3, patience: int = 3, units: int = 128,
                dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
-               seed: int = 127, real_dir: str = "") -> str:
+               fit_box: int = 1, seed: int = 127, real_dir: str = "") -> str:
     """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
     --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
-    cores."""
+    cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
+    used the canvas coordinates as drawn)."""
     from kana.models import build_lstm
 
     def build(config, ds):
@@ -335,9 +339,10 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 
     return train_family(
         "lstm", build, {"units": units, "dropout": dropout, "dense_units": dense_units,
-                        "downsample": downsample},
+                        "downsample": downsample, "fit_box": fit_box},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
+        fit_box=bool(fit_box),
     )
 
 

@@ -134,6 +134,22 @@ def test_lstm_tensor_layout_scaling_and_padding():
         lstm_tensor(resample_strokes(strokes), max_strokes=1)
 
 
+def test_lstm_tensor_fitted_to_the_box_ignores_where_and_how_big_it_was_drawn():
+    # a "T" drawn small in the upper left: x -0.9..-0.5 (0.4 wide), y 0.3..0.9 (0.6 tall, up)
+    strokes = [np.array([[-0.9, 0.9], [-0.5, 0.9]]), np.array([[-0.7, 0.9], [-0.7, 0.3]])]
+    t = lstm_tensor(resample_strokes(strokes), max_strokes=2, fit_box=True)
+    # the taller side spans the box: y image -0.9..-0.3 -> -1..1, so scale 2 / 0.6; centred x
+    # -0.7 -> 0, so x runs -0.4 * 2 / 0.6 / 2 = -2/3 .. 2/3; then (a + 1) / 2
+    np.testing.assert_allclose(t[[0, -1], 0], [(1 - 2 / 3) / 2, (1 + 2 / 3) / 2], atol=1e-6)
+    np.testing.assert_allclose(t[:, 1], 0.0, atol=1e-6)  # the bar at the top of the box
+    np.testing.assert_allclose(t[[0, -1], 5], [0.0, 1.0], atol=1e-6)  # the stem top to bottom
+    np.testing.assert_allclose(t[:, 4], 0.5, atol=1e-6)  # in the middle
+    # directions are unchanged, and so is the tensor wherever and however big it is drawn
+    np.testing.assert_allclose(t[:, 2:4], lstm_tensor(resample_strokes(strokes), 2)[:, 2:4], atol=1e-6)
+    moved = [s * 2.2 + [0.9, -1.2] for s in strokes]
+    np.testing.assert_allclose(lstm_tensor(resample_strokes(moved), 2, fit_box=True), t, atol=1e-6)
+
+
 def test_lstm_tensor_matches_per_stroke_directions_including_pauses():
     rng = np.random.default_rng(4)
     strokes = [rng.uniform(-1, 1, (n, 2)) for n in (2, 5, 9)] + [np.zeros((3, 2)) + 0.3]
