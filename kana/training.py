@@ -39,6 +39,7 @@ class ModelConfig:
     dataset_run_id: str = ""
     extra: dict = field(default_factory=dict)
     fit_box: bool = False  # strokes input: the character fitted to the box (see features.lstm_tensor)
+    stroke_order: bool = False  # raster input: a second channel with the strokes' order
 
     @classmethod
     def for_dataset(cls, family: str, meta: dict, dataset_run_id: str = "") -> "ModelConfig":
@@ -66,7 +67,10 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
     if config.input_kind == "raster":
         if rasters is None:
             rasters = np.stack([features.render_raster(r) for r in resampled])
-        return raster_batch_to_input(rasters)
+        if not config.stroke_order:
+            return raster_batch_to_input(rasters)
+        order = np.stack([features.render_order_raster(r) for r in resampled])
+        return np.concatenate([raster_batch_to_input(rasters), raster_batch_to_input(order)], axis=-1)
     if not resampled:  # an empty split
         return np.zeros((0, config.n_points, 4 * config.max_strokes), dtype=np.float32)
     return np.stack([features.lstm_tensor(r, config.max_strokes, config.fit_box) for r in resampled])
@@ -171,6 +175,7 @@ def train_family(
     augment: int = 0,
     extra_tags: dict | None = None,
     fit_box: bool = False,
+    stroke_order: bool = False,
 ) -> str:
     """Train one family on a processed dataset and log everything; returns the run id.
 
@@ -184,6 +189,7 @@ def train_family(
     meta = ds.meta
     config = ModelConfig.for_dataset(family, meta, dataset_run_id)
     config.fit_box = fit_box
+    config.stroke_order = stroke_order
     run_name = f"{family}-{meta['class_set']}"
     tags = {"model_family": family, "kana.dataset_run_id": dataset_run_id, **(extra_tags or {})}
     with kana_run(f"train_{family}", run_name=run_name, tags=tags) as run:
@@ -306,20 +312,23 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
 def train_cnn(dataset_run_id: str = "", epochs: int = 7, batch_size: int = 64,
               learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 128,
               batch_norm: int = 1, filters: int = 16, seed: int = 127, real_dir: str = "",
-              augment: int = 1) -> str:
+              augment: int = 1, stroke_order: int = 0) -> str:
     """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation.
     The notebook's exact net: `--filters 32 --dense-units 40 --batch-norm 0`. Half its width
-    (filters 16) costs a quarter of the compute at serving and, in the ensemble, reads as well."""
+    (filters 16) costs a quarter of the compute at serving and, in the ensemble, reads as well.
+    `stroke_order` adds a second input channel with the strokes drawn in order of intensity."""
     from kana.models import build_cnn
 
     def build(config, ds):
-        return build_cnn(len(config.class_ids), RASTER_SHAPE, dense_units, bool(batch_norm), filters)
+        shape = RASTER_SHAPE[:2] + (2 if stroke_order else 1,)
+        return build_cnn(len(config.class_ids), shape, dense_units, bool(batch_norm), filters)
 
     return train_family(
-        "cnn", build, {"dense_units": dense_units, "batch_norm": batch_norm, "filters": filters},
+        "cnn", build, {"dense_units": dense_units, "batch_norm": batch_norm, "filters": filters,
+                       "stroke_order": stroke_order},
         dataset_run_id=dataset_run_id, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
-        real_dir=real_dir, augment=augment,
+        real_dir=real_dir, augment=augment, stroke_order=bool(stroke_order),
     )
 
 

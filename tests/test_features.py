@@ -8,6 +8,7 @@ from kana.features import (
     bspline_basis,
     clamped_uniform_knots,
     lstm_tensor,
+    render_order_raster,
     render_raster,
     resample_stroke,
     resample_stroke_geomdl,
@@ -101,6 +102,25 @@ def test_raster_keeps_aspect_and_centres():
     img = render_raster(resample_strokes(tall))
     cols = np.flatnonzero(img.max(axis=0))
     assert len(cols) == 1 and cols[0] in (15, 16)  # a centred vertical line, not stretched wide
+
+
+def test_order_raster_shades_each_stroke_by_its_place_in_the_order():
+    # a cross: the bar first, then the stem drawn over it
+    strokes = [np.array([[-0.8, 0.0], [0.8, 0.0]]), np.array([[0.0, 0.8], [0.0, -0.8]])]
+    resampled = resample_strokes(strokes)
+    ink, order = render_raster(resampled), render_order_raster(resampled)
+    assert order.shape == ink.shape == (32, 32) and order.dtype == np.uint8
+    assert ((order > 0) == (ink > 0)).all()  # the same pixels as the plain raster
+    assert set(np.unique(order)) == {0, 128, 255}  # stroke 1 of 2 at half, stroke 2 at full
+    bar_row = np.flatnonzero(ink.sum(axis=1) > 255 * 20)[0]
+    stem_col = np.flatnonzero(ink.sum(axis=0) > 255 * 20)[0]
+    bar, stem = order[bar_row], order[:, stem_col]
+    assert (bar[bar > 0] == 128).sum() >= 26  # the bar at half (but where the stem crosses it)
+    assert (stem[stem > 0] == 255).all()  # the stem, drawn last, at full
+    # drawn in the other order, the bar is last: all of it at full, the stem at half
+    reverse = render_order_raster(resampled[::-1])
+    assert (reverse[bar_row][bar > 0] == 255).all()
+    assert (reverse[:, stem_col][stem > 0] == 128).sum() >= 26
 
 
 def test_directions_of_straight_strokes_in_image_coordinates():

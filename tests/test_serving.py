@@ -106,3 +106,33 @@ def test_a_failing_batch_fails_its_callers_and_the_next_call_runs():
     assert first_result[0].tolist() == [1]
     assert all(isinstance(r, ValueError) for r in results)
     assert batched([9]).tolist() == [9]
+
+
+def test_each_member_gets_the_input_its_config_asks_for():
+    """Members with different input settings each get their own input; members with the same
+    settings share one."""
+    from kana.classes import class_set, get_class
+    from kana.serving import Recognizer
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("basic46")]
+    seen = []
+
+    def member(**settings):
+        kind = "strokes" if "fit_box" in settings else "raster"
+        config = ModelConfig("m", kind, ids, 120, 5, "basic46", **settings)
+
+        def predict_probs(x):
+            seen.append((settings, x))
+            return np.full((len(x), len(ids)), 1 / len(ids))
+        return predict_probs, config
+
+    members = [member(), member(stroke_order=True), member(), member(fit_box=False), member(fit_box=True)]
+    samples = [synthesize_sample(get_class("ke"), np.random.default_rng(1))]
+    Recognizer(members).probabilities(samples)
+    shapes = [x.shape for _, x in seen]
+    assert shapes == [(1, 32, 32, 1), (1, 32, 32, 2), (1, 32, 32, 1), (1, 120, 20), (1, 120, 20)]
+    assert seen[0][1] is seen[2][1]  # shared, not recomputed
+    np.testing.assert_array_equal(seen[1][1][..., :1], seen[0][1])  # channel 0: the plain raster
+    assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not

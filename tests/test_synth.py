@@ -110,3 +110,19 @@ def test_kanji_characters_are_seeded_cjk():
     chars = kanji_characters(30, seed=1)
     assert len(chars) == 30 and chars == kanji_characters(30, seed=1)
     assert all(0x4E00 <= ord(c) <= 0x9FFF for c in chars)
+
+
+def test_order_slips_swap_two_consecutive_strokes_within_one_kana():
+    from kana.synth import _slip_order
+
+    strokes = ["a1", "a2", "a3", "s1", "s2"]  # a compound: 3 base strokes, then the small kana
+    seen = set()
+    for k in range(200):
+        out = _slip_order(strokes, np.random.default_rng(k), keep_apart=3)
+        assert sorted(out) == sorted(strokes)
+        moved = [i for i in range(5) if out[i] != strokes[i]]
+        assert len(moved) == 2 and moved[1] == moved[0] + 1  # one adjacent pair swapped
+        seen.add(tuple(moved))
+    assert seen == {(0, 1), (1, 2), (3, 4)}  # never (2, 3): across the two kana
+    assert _slip_order(["only"], np.random.default_rng(0)) == ["only"]
+    assert _slip_order(["a", "s"], np.random.default_rng(0), keep_apart=1) == ["a", "s"]
