@@ -52,6 +52,16 @@ def current_champion(model_name: str):
         return None
 
 
+def dataset_digest_of(dataset_run_id: str) -> str | None:
+    """The content digest of a preprocess run's dataset (None when the run is unknown)."""
+    if not dataset_run_id:
+        return None
+    try:
+        return MlflowClient().get_run(dataset_run_id).data.params.get("dataset_digest")
+    except MlflowException:
+        return None
+
+
 @dataclass
 class Candidate:
     """A model that could become champion: one training run, or an ensemble of several."""
@@ -126,9 +136,16 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
         if ensemble is not None:
             mlflow.log_metrics({f"ensemble_{k}": v for k, v in ensemble.metrics.items()})
         champion = current_champion(model_name)
+        digest = dataset_digest_of(dataset_run_id)
         if champion is not None:
             score = float(champion.tags.get(SELECTION_METRIC, "-inf"))
-            if champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
+            champion_digest = dataset_digest_of(champion.tags.get("dataset_run_id", ""))
+            if champion_digest != digest:
+                # Validation scores on different data don't compare (a changed synthesizer or
+                # new raw data): the best model of the data at hand takes over.
+                print(f"champion version {champion.version} was scored on other data "
+                      f"(dataset {champion_digest}, now {digest}): replacing it")
+            elif champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
                 print(f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})")
                 mlflow.set_tags({"champion_changed": "false", "champion_version": champion.version})
                 return champion.version

@@ -343,16 +343,18 @@ def synthesize_sample(
     kana: KanaClass | str,
     rng: np.random.Generator,
     allowed_counts: tuple[int, ...] | None = None,
+    order_slip: float = ORDER_SLIP,
 ) -> list[np.ndarray]:
     """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
-    app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up."""
+    app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up. `order_slip`: the
+    chance of two consecutive strokes in the wrong order (0: always the textbook order)."""
     n_base = None
     if isinstance(kana, str):
         strokes = [s.copy() for s in glyph_strokes(kana)]
     else:
         strokes, n_base = _template(kana, rng)
         allowed_counts = allowed_counts or kana.stroke_counts
-    if rng.random() < ORDER_SLIP:
+    if rng.random() < order_slip:
         strokes = _slip_order(strokes, rng, n_base)
     strokes = [_densify(s) for s in strokes]
     size = np.ptp(np.vstack(strokes), axis=0).max()

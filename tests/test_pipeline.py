@@ -313,3 +313,27 @@ def test_drawing_page_can_guess_through_a_served_model(pipeline, served):
     for guesser in (remote, local):
         with pytest.raises(BadRequest, match="has no points"):
             guesser.guesses({"1": []})
+
+
+def test_a_champion_scored_on_other_data_is_replaced(pipeline):
+    """Validation scores on different data don't compare: after the synthesizer or the raw data
+    change, the best model of the new data takes over. (Last in this module: it moves the alias.)"""
+    client = MlflowClient(pipeline.tracking_uri)
+    old = client.get_model_version_by_alias(MODEL_NAME, "champion")
+
+    def run(entry_point: str, **parameters) -> str:
+        submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point, env_manager="local",
+                                        experiment_id=pipeline.experiment_id, parameters=parameters)
+        assert submitted.get_status() == "FINISHED"
+        return submitted.run_id
+
+    data = run("preprocess", raw_dir=str(pipeline.raw_dir), class_set=TINY["class_set"],
+               synthetic_per_class=TINY["synthetic_per_class"], seed=128)
+    assert client.get_run(data).data.params["dataset_digest"] != client.get_run(
+        old.tags["dataset_run_id"]).data.params["dataset_digest"]
+    run("train_lstm", dataset_run_id=data, epochs=1)
+    run("register", dataset_run_id=data, model_name=MODEL_NAME)
+    new = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert new.version != old.version and new.tags["dataset_run_id"] == data
+    assert new.tags["model_family"] == "lstm"  # the only family trained on the new data
+    assert pipeline.runs("register")[0].data.tags["champion_changed"] == "true"

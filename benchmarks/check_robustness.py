@@ -1,0 +1,91 @@
+"""How the champion's members and their ensemble read synthetic samples redrawn the ways people
+draw that training data rarely shows: small in a corner, or with strokes in the wrong order.
+
+    python benchmarks/check_robustness.py                              # the champion's members
+    python benchmarks/check_robustness.py --run-ids RUN_ID [RUN_ID ...]  # any training runs
+
+Fresh synthetic samples in the textbook stroke order (a seed training does not use, 3 per class
+by default, all classes the models know), read by the Keras models each training run logged, one row per condition:
+- as synthesized;
+- the character drawn small in a corner: its longer side a quarter of the canvas' (top left),
+  or 15% of it (bottom right);
+- the last two strokes swapped (samples with at least two strokes), or all strokes shuffled.
+A synthetic check, not real handwriting: it tells which inputs a family depends on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def placed(strokes, size: float, corner: tuple[int, int]):
+    """The character scaled so its longer side is `size` (the canvas spans 2) and pushed into a
+    corner."""
+    pts = np.vstack(strokes)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    extent = max(float((hi - lo).max()), 1e-6)
+    offset = np.array(corner) * (0.98 - size / 2)
+    return [np.clip((s - (lo + hi) / 2) / extent * size + offset, -1, 1) for s in strokes]
+
+
+def conditions(rng: np.random.Generator):
+    return {
+        "as synthesized": lambda s: s,
+        "1/4 of the canvas, top left": lambda s: placed(s, 0.5, (-1, 1)),
+        "15% of it, bottom right": lambda s: placed(s, 0.3, (1, -1)),
+        "last two strokes swapped": lambda s: s[:-2] + [s[-1], s[-2]],
+        "strokes shuffled": lambda s: [s[i] for i in rng.permutation(len(s))],
+    }
+
+
+def main():
+    import mlflow
+    from mlflow import MlflowClient
+
+    from kana.classes import get_class
+    from kana.serving import Recognizer, combine_probabilities
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-ids", nargs="+", help="training runs (default: the champion's members)")
+    parser.add_argument("--model-name", default="kana-classifier")
+    parser.add_argument("--per-class", type=int, default=3)
+    args = parser.parse_args()
+
+    client = MlflowClient()
+    run_ids = args.run_ids or client.get_model_version_by_alias(
+        args.model_name, "champion").tags["source_run_id"].split(",")
+    members = {}
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/kana_config.json"))
+        model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
+        members[f"{run.data.tags['model_family']} {run_id[:6]}"] = Recognizer.from_keras([(model, config)])
+    class_ids = next(iter(members.values())).config.class_ids
+
+    rng = np.random.default_rng(2024)
+    base = [(cid, synthesize_sample(get_class(cid), rng, order_slip=0.0))
+            for cid in class_ids for _ in range(args.per_class)]
+    base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes
+    truth = np.array([cid for cid, _ in base])
+    labels = np.array(class_ids)
+    print(f"{len(base)} synthetic samples of {len(class_ids)} classes (seed 2024, samples with >= 2 strokes)")
+    names = list(members) + (["ensemble"] if len(members) > 1 else [])
+    print(f"{'condition':26s}" + "".join(f"{n:>18s}" for n in names))
+    for label, change in conditions(rng).items():
+        samples = [change(s) for _, s in base]
+        probs = {n: r.probabilities(samples) for n, r in members.items()}
+        if len(members) > 1:
+            probs["ensemble"] = combine_probabilities(list(probs.values()))
+        print(f"{label:26s}" + "".join(f"{np.mean(labels[p.argmax(1)] == truth):18.3f}" for p in probs.values()))
+
+
+if __name__ == "__main__":
+    main()
