@@ -130,14 +130,7 @@ def render_raster(
     width: int = STROKE_WIDTH,
 ) -> np.ndarray:
     """Resampled strokes (app coords) -> uint8 image (size + 2 pad) squared, ink 255 on 0."""
-    pixels = fit_to_pixels(to_image_coords(resampled), size, width)
-    img = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(img)
-    for stroke in pixels:
-        draw.line(stroke.ravel().tolist(), fill=255, width=width)
-    out = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.uint8)
-    out[pad : pad + size, pad : pad + size] = np.asarray(img)
-    return out
+    return _draw_strokes(resampled, [255] * len(resampled), size, pad, width)
 
 
 def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int = RASTER_PAD,
@@ -145,12 +138,17 @@ def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int
     """A second raster channel for the CNN: each stroke drawn with an intensity that grows with
     its place in the drawing order, (i + 1) / n of 255 for stroke i of n (later strokes drawn
     over earlier ones), so the network sees the order a raster alone hides."""
+    n = len(resampled)
+    return _draw_strokes(resampled, [round(255 * (i + 1) / n) for i in range(n)], size, pad, width)
+
+
+def _draw_strokes(resampled: np.ndarray, fills: list[int], size: int, pad: int, width: int) -> np.ndarray:
+    """The strokes fitted into a `size` square (y flipped), each drawn in its fill, then padded."""
     pixels = fit_to_pixels(to_image_coords(resampled), size, width)
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
-    n = len(pixels)
-    for i, stroke in enumerate(pixels):
-        draw.line(stroke.ravel().tolist(), fill=round(255 * (i + 1) / n), width=width)
+    for stroke, fill in zip(pixels, fills):
+        draw.line(stroke.ravel().tolist(), fill=fill, width=width)
     out = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.uint8)
     out[pad : pad + size, pad : pad + size] = np.asarray(img)
     return out

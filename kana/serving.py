@@ -168,11 +168,9 @@ class Recognizer:
         for predict_probs, config in self.members:
             if config.n_points not in resampled:
                 resampled[config.n_points] = [resample_for_model(s, config.n_points) for s in parsed]
-            key = (config.input_kind, config.n_points, config.max_strokes, config.fit_box,
-                   config.stroke_order)
-            if key not in inputs:
-                inputs[key] = model_inputs(config, resampled[config.n_points])
-            outputs.append(np.asarray(predict_probs(inputs[key]), dtype=np.float64))
+            if config.input_key not in inputs:
+                inputs[config.input_key] = model_inputs(config, resampled[config.n_points])
+            outputs.append(np.asarray(predict_probs(inputs[config.input_key]), dtype=np.float64))
         return combine_probabilities(outputs)
 
     def predict(self, samples) -> list[dict[str, Any]]:

@@ -41,6 +41,11 @@ class ModelConfig:
     fit_box: bool = False  # strokes input: the character fitted to the box (see features.lstm_tensor)
     stroke_order: bool = False  # raster input: a second channel with the strokes' order
 
+    @property
+    def input_key(self) -> tuple:
+        """What decides this model's input: models with equal keys take the same input."""
+        return (self.input_kind, self.n_points, self.max_strokes, self.fit_box, self.stroke_order)
+
     @classmethod
     def for_dataset(cls, family: str, meta: dict, dataset_run_id: str = "") -> "ModelConfig":
         """The config of a `family` model trained on a processed dataset (its `meta`)."""
