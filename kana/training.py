@@ -12,7 +12,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -179,12 +179,12 @@ def train_family(
     real_dir: str = "",
     augment: int = 0,
     extra_tags: dict | None = None,
-    fit_box: bool = False,
-    stroke_order: bool = False,
+    input_options: dict | None = None,
 ) -> str:
     """Train one family on a processed dataset and log everything; returns the run id.
 
-    `build_model(config, ds)` returns an uncompiled Keras model.
+    `build_model(config, ds)` returns an uncompiled Keras model; `input_options` set the config's
+    input fields (`fit_box`, `stroke_order`).
     """
     import mlflow
 
@@ -192,9 +192,7 @@ def train_family(
 
     ds, dataset_run_id = load_dataset(dataset_run_id or None)
     meta = ds.meta
-    config = ModelConfig.for_dataset(family, meta, dataset_run_id)
-    config.fit_box = fit_box
-    config.stroke_order = stroke_order
+    config = replace(ModelConfig.for_dataset(family, meta, dataset_run_id), **(input_options or {}))
     run_name = f"{family}-{meta['class_set']}"
     tags = {"model_family": family, "kana.dataset_run_id": dataset_run_id, **(extra_tags or {})}
     with kana_run(f"train_{family}", run_name=run_name, tags=tags) as run:
@@ -325,7 +323,7 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 7, batch_size: int = 64,
     from kana.models import build_cnn
 
     def build(config, ds):
-        shape = RASTER_SHAPE[:2] + (2 if stroke_order else 1,)
+        shape = RASTER_SHAPE[:2] + (2 if config.stroke_order else 1,)
         return build_cnn(len(config.class_ids), shape, dense_units, bool(batch_norm), filters)
 
     return train_family(
@@ -333,7 +331,7 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 7, batch_size: int = 64,
                        "stroke_order": stroke_order},
         dataset_run_id=dataset_run_id, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
-        real_dir=real_dir, augment=augment, stroke_order=bool(stroke_order),
+        real_dir=real_dir, augment=augment, input_options={"stroke_order": bool(stroke_order)},
     )
 
 
@@ -356,7 +354,7 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                         "downsample": downsample, "fit_box": fit_box},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
-        fit_box=bool(fit_box),
+        input_options={"fit_box": bool(fit_box)},
     )
 
 
