@@ -4,6 +4,10 @@ The table is the original app's `hiragana.json` with the obsolete ゐ (wi) and �
 the notebook did. Its order defines the class sets: the first 46 rows are `basic46` (the notebook's
 "reduced" set), the next 26 add dakuten, handakuten and ゔ (`extended`), and the rest are the yōon
 compounds such as きゃ (`all`, 108 classes).
+
+One change from the app's table: そ (so) may have 1 or 2 strokes (and ぞ 3 or 4), because its
+two-stroke form (a tick, then the rest) is standard and common; the app's table allowed only the
+one-stroke form, so a real two-stroke そ was dropped on loading and never learned.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ _TABLE: tuple[tuple[str, str, str, str], ...] = (
     ('si', 'し', 'shi', '1'),
     ('su', 'す', 'su', '2'),
     ('se', 'せ', 'se', '3'),
-    ('so', 'そ', 'so', '1'),
+    ('so', 'そ', 'so', '1 or 2'),  # not the app's '1': see module docstring
     ('ta', 'た', 'ta', '4'),
     ('ti', 'ち', 'chi', '2'),
     ('tu', 'つ', 'tsu', '1'),
@@ -69,7 +73,7 @@ _TABLE: tuple[tuple[str, str, str, str], ...] = (
     ('zi', 'じ', 'ji', '3'),
     ('zu', 'ず', 'zu', '4'),
     ('ze', 'ぜ', 'ze', '5'),
-    ('zo', 'ぞ', 'zo', '3'),
+    ('zo', 'ぞ', 'zo', '3 or 4'),  # the app's '3', plus そ's two-stroke form
     ('da', 'だ', 'da', '6'),
     ('di', 'ぢ', 'dji', '4'),
     ('du', 'づ', 'dzu', '3'),

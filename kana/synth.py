@@ -12,6 +12,8 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
   and pen-input dictionaries give few points per stroke (down to the turning points alone);
 - sometimes strokes are joined (only where the class allows the lower count), and stroke ends
   get small hooks towards the next stroke;
+- half the そ and ぞ are written in their two-stroke form (a tick, then the rest from the top
+  right), a standard form that KanjiVG, with one stroke, does not have;
 - one sample in ten has two consecutive strokes in the wrong order (people do, and a model that
   only ever saw the textbook order reads them badly: the LSTM read 56% of samples whose last two
   strokes were swapped);
@@ -322,6 +324,29 @@ def _slip_order(strokes: list, rng: np.random.Generator, keep_apart: int | None 
     return strokes[:i] + [strokes[i + 1], strokes[i]] + strokes[i + 2 :]
 
 
+# Characters with a standard form that splits one KanjiVG stroke at its first corner: character ->
+# index of that stroke. そ is written in one stroke or as a tick and the rest (the app's table
+# allowed only one; pen dictionaries such as Tomoe carry both forms).
+SPLIT_FORMS = {"そ": 0, "ぞ": 0}
+
+
+def split_at_first_corner(stroke: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """A stroke's opening segment as a tick of its own, then the rest from the first corner.
+
+    The tick is turned 20-40 degrees clockwise about its start and shortened, as people draw it
+    (a short stroke down to the right, not the flat top that leads into the corner)."""
+    dense = _densify(stroke)
+    u = _arclength(dense) / max(_arclength(dense)[-1], 1e-9)
+    turn = np.convolve(_turning(dense), np.ones(5), mode="same")
+    early = np.flatnonzero((u > 0.03) & (u < 0.3))
+    sharp = early[turn[early] > 0.8]
+    corner = int(sharp[0] if len(sharp) else early[np.argmax(turn[early])])
+    tick, rest = dense[: corner + 1], dense[corner:]
+    m = _rotation(-np.radians(rng.uniform(20, 40))) * rng.uniform(0.55, 0.85)
+    tick = (tick - tick[0]) @ m.T + tick[0]
+    return [tick, rest]
+
+
 def _template(kana: KanaClass, rng: np.random.Generator) -> tuple[list[np.ndarray], int | None]:
     """The KanjiVG strokes of a class; compounds are a full kana plus a small kana at lower right,
     about half its height, as people write きゃ. Also returns a compound's base stroke count."""
@@ -354,6 +379,11 @@ def synthesize_sample(
     else:
         strokes, n_base = _template(kana, rng)
         allowed_counts = allowed_counts or kana.stroke_counts
+    split = (kana.character in SPLIT_FORMS if isinstance(kana, KanaClass) else False)
+    if split and allowed_counts and len(strokes) + 1 in allowed_counts and rng.random() < 0.5:
+        k = SPLIT_FORMS[kana.character]
+        strokes = strokes[:k] + split_at_first_corner(strokes[k], rng) + strokes[k + 1 :]
+        allowed_counts = (len(strokes),)  # not joined back
     if rng.random() < order_slip:
         strokes = _slip_order(strokes, rng, n_base)
     strokes = [_densify(s) for s in strokes]

@@ -126,3 +126,23 @@ def test_order_slips_swap_two_consecutive_strokes_within_one_kana():
     assert seen == {(0, 1), (1, 2), (3, 4)}  # never (2, 3): across the two kana
     assert _slip_order(["only"], np.random.default_rng(0)) == ["only"]
     assert _slip_order(["a", "s"], np.random.default_rng(0), keep_apart=1) == ["a", "s"]
+
+
+def test_so_is_split_at_its_first_corner_into_a_tick_and_the_rest():
+    from kana.synth import split_at_first_corner
+
+    (so,) = glyph_strokes("そ")
+    tick, rest = split_at_first_corner(so, np.random.default_rng(0))
+    # the rest starts at the top-right corner of そ's opening zig (KanjiVG: about (0.29, 0.66))
+    np.testing.assert_allclose(rest[0], [0.29, 0.66], atol=0.04)
+    np.testing.assert_allclose(rest[-1], so[-1], atol=0.02)
+    np.testing.assert_allclose(tick[0], so[0], atol=1e-9)  # turned and shortened about its start
+    direction = tick[-1] - tick[0]
+    assert direction[0] > 0 and direction[1] < 0  # down to the right (y up)
+    assert np.hypot(*direction) < np.hypot(*(rest[0] - so[0]))
+
+
+def test_so_and_zo_come_in_both_written_forms():
+    rng = np.random.default_rng(4)
+    assert {len(synthesize_sample(get_class("so"), rng)) for _ in range(40)} == {1, 2}
+    assert {len(synthesize_sample(get_class("zo"), rng)) for _ in range(40)} == {3, 4}
