@@ -9,16 +9,18 @@ MLflow store; speed does not depend on the weights. Prints, per model:
 - Keras baselines measured in this run: `model.predict` and a direct call, one sample;
 - the pyfunc, one raw sample in, prediction out, in process: p50 / p99 (goal p50 <= 2 ms);
 - batched: samples/s for batches of 1,000 raw samples (goal >= 2,000/s);
-- HTTP (`--http`, on the first model): 10,000 requests from 8 concurrent client processes on loopback,
+- HTTP (`--http`, on the first model): 10,000 requests from 8 concurrent clients on loopback,
   p50 / p99 (goal p99 <= 25 ms), errors, and the server's RSS before and after; once per
-  `--workers` count (default: 1, MLflow's default, and 2, one per core here). The same load on
-  a model that does nothing (it answers one constant record per sample) gives the floor that
-  `mlflow models serve` and the clients themselves set on this machine.
+  `--workers` count (default: 1, MLflow's default, and 2, one per core here), with the clients'
+  connections kept alive (as an app's HTTP client keeps them) and with a new connection per
+  request. The same load on a model that does nothing (it answers one constant record per
+  sample) gives the floor that `mlflow models serve` and the clients themselves set here.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -27,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -177,10 +178,11 @@ def log_floor_model(tmp: Path) -> str:
 
 
 def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8, time_limit: float = 300,
-               workers: int = 1):
+               workers: int = 1, keep_alive: bool = True):
     """`mlflow models serve` with `workers` uvicorn workers; with several, each runs ONNX Runtime
     on one thread (KANA_ORT_THREADS=1), so the workers share the cores instead of fighting.
-    Each client is a process of its own and opens a connection per request (urllib)."""
+    The clients: `clients` concurrent connections, each sending its requests one after another,
+    kept alive (HTTP/1.1, as an app's HTTP client does) or a new connection per request."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -193,7 +195,6 @@ def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}/invocations"
     bodies = [json.dumps({"inputs": [{str(k): v.tolist() for k, v in s.items()}]}).encode() for s in samples[:500]]
     try:
         deadline = time.time() + 120
@@ -205,49 +206,80 @@ def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError("server did not start")
                 time.sleep(0.5)
-        for b in bodies[:20]:
-            _post(url, b)
+        asyncio.run(load_test(port, bodies, 40, 2, time_limit, keep_alive))  # warm-up
         rss_before = _rss_mb(proc.pid)
-        # 8 client processes (not threads: in one Python process the clients would queue on
-        # the GIL and measure themselves), each with its share of the requests and the deadline
-        share = [requests // clients + (i < requests % clients) for i in range(clients)]
-        stop_at = time.time() + time_limit
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(clients) as pool:
-            results = list(pool.map(_client, [url] * clients, [bodies] * clients, share, [stop_at] * clients))
+        latencies, errors = asyncio.run(load_test(port, bodies, requests, clients, time_limit, keep_alive))
         wall = time.perf_counter() - t0
-        latencies = [dt for lat, _ in results for dt in lat]
-        errors = [sum(err for _, err in results)]
         rss_after = _rss_mb(proc.pid)
         p50, p99 = percentiles(latencies)
-        return {"requests": len(latencies), "errors": errors[0], "p50": p50, "p99": p99,
+        return {"requests": len(latencies), "errors": errors, "p50": p50, "p99": p99,
                 "rps": len(latencies) / wall, "rss_before": rss_before, "rss_after": rss_after}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 
-def _client(url: str, bodies: list[bytes], n: int, stop_at: float) -> tuple[list[float], int]:
-    """One client: `n` requests one after another (or until `stop_at`); latencies and errors."""
-    latencies, errors = [], 0
-    for k in range(n):
-        if time.time() > stop_at:
-            break
-        t0 = time.perf_counter()
-        ok = _post(url, bodies[k % len(bodies)])
-        latencies.append(time.perf_counter() - t0)
-        errors += not ok
+async def load_test(port: int, bodies: list[bytes], requests: int, clients: int, time_limit: float,
+                    keep_alive: bool) -> tuple[list[float], int]:
+    """`clients` concurrent clients in one asyncio loop, `requests` POSTs in all (or until
+    `time_limit`): each request's latency, from the first byte sent to the last byte of the
+    answer, and the count of failed ones (no answer, or a status other than 200).
+
+    One event loop and plain HTTP/1.1 on sockets, not a client library in 8 processes: on a
+    2-core machine the clients share the cores with the server, and urllib in 8 processes spent
+    about 1 ms of CPU per request, which showed up in the server's latency."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + time_limit
+    counter = iter(range(requests))
+
+    async def connect():
+        return await asyncio.open_connection("127.0.0.1", port)
+
+    async def client():
+        nonlocal errors
+        conn = await connect() if keep_alive else None
+        for k in counter:
+            if time.perf_counter() > stop_at:
+                break
+            body = bodies[k % len(bodies)]
+            head = (f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    + ("" if keep_alive else "Connection: close\r\n") + "\r\n").encode()
+            t0 = time.perf_counter()
+            try:
+                reader, writer = conn if keep_alive else await connect()
+                writer.write(head + body)
+                status = await _read_response(reader)
+                if not keep_alive:
+                    writer.close()
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                status = 0
+                if keep_alive:
+                    conn[1].close()
+                    conn = await connect()
+            latencies.append(time.perf_counter() - t0)
+            errors += status != 200
+        if keep_alive:
+            conn[1].close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
     return latencies, errors
 
 
-def _post(url: str, body: bytes) -> bool:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            resp.read()
-            return resp.status == 200
-    except Exception:
-        return False
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length (as the scoring server sends); its status."""
+    status = int((await reader.readline()).split()[1])
+    length = None
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length is None:
+        raise ValueError("response without Content-Length")
+    await reader.readexactly(length)
+    return status
 
 
 def main():
@@ -272,18 +304,19 @@ def main():
         if args.http:
             name, uri = next(iter(uris.items()))
             floor_uri = log_floor_model(Path(tmp))
-            for workers in args.workers:
-                r = bench_http(uri, samples, args.requests, workers=workers)
-                print(f"\n== HTTP, {name}: {r['requests']} requests, 8 clients, loopback, "
-                      f"--workers {workers}{' (KANA_ORT_THREADS=1)' if workers > 1 else ''} ==")
-                print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
-                      f"{r['rps']:.0f} req/s; errors {r['errors']}")
-                print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
-                f = bench_http(floor_uri, samples, args.requests, workers=workers)
-                print(f"floor (a model that does nothing, same load): p50 {f['p50']:.2f} ms  "
-                      f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}")
-                print(f"kana / floor: p50 {r['p50'] / f['p50']:.2f}x  p99 {r['p99'] / f['p99']:.2f}x")
-
+            for keep_alive in (True, False):
+                how = "connections kept alive" if keep_alive else "a new connection per request"
+                for workers in args.workers:
+                    print(f"\n== HTTP, {name}: 8 clients, {how}, loopback, --workers {workers}"
+                          f"{' (KANA_ORT_THREADS=1)' if workers > 1 else ''} ==")
+                    r = bench_http(uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
+                    print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
+                          f"{r['rps']:.0f} req/s; errors {r['errors']} of {r['requests']}")
+                    print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
+                    f = bench_http(floor_uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
+                    print(f"floor (a model that does nothing, same load): p50 {f['p50']:.2f} ms  "
+                          f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}")
+                    print(f"kana / floor: p50 {r['p50'] / f['p50']:.2f}x  p99 {r['p99'] / f['p99']:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """How the champion's members and their ensemble read synthetic samples redrawn the ways people
-draw that training data rarely shows: small in a corner, or with strokes in the wrong order.
+draw that training data rarely shows: small in a corner, with strokes in the wrong order, or with
+a stroke drawn backwards.
 
     python benchmarks/check_robustness.py                              # the champion's members
     python benchmarks/check_robustness.py --run-ids RUN_ID [RUN_ID ...]  # any training runs
@@ -9,7 +10,8 @@ by default, all classes the models know), read by the Keras models each training
 - as synthesized;
 - the character drawn small in a corner: its longer side a quarter of the canvas' (top left),
   or 15% of it (bottom right);
-- the last two strokes swapped (samples with at least two strokes), or all strokes shuffled.
+- the last two strokes swapped (samples with at least two strokes), or all strokes shuffled;
+- one stroke, chosen at random, drawn backwards (from its end to its start).
 A synthetic check, not real handwriting: it tells which inputs a family depends on.
 """
 
@@ -41,7 +43,13 @@ def conditions(rng: np.random.Generator):
         "15% of it, bottom right": lambda s: placed(s, 0.3, (1, -1)),
         "last two strokes swapped": lambda s: s[:-2] + [s[-1], s[-2]],
         "strokes shuffled": lambda s: [s[i] for i in rng.permutation(len(s))],
+        "one stroke drawn backwards": lambda s: reversed_stroke(s, int(rng.integers(len(s)))),
     }
+
+
+def reversed_stroke(strokes, k: int):
+    """Stroke k drawn from its end to its start, as learners sometimes draw one."""
+    return strokes[:k] + [strokes[k][::-1]] + strokes[k + 1 :]
 
 
 def main():

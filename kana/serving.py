@@ -314,14 +314,16 @@ def log_pyfunc(members: list[tuple[str, str]], registered_model_name: str | None
 
 
 def _pip_requirements() -> list[str]:
-    """What serving needs: no TensorFlow (ONNX Runtime runs the model)."""
+    """What serving needs: no TensorFlow (ONNX Runtime runs the model); uvicorn's C HTTP parser
+    and event loop, which `mlflow models serve` uses when they are installed."""
     from importlib.metadata import version
 
-    pkgs = ["mlflow", "onnxruntime", "numpy", "pandas", "pillow"]
+    pkgs = ["mlflow", "onnxruntime", "numpy", "pandas", "pillow", "httptools", "uvloop"]
+    markers = {"uvloop": "; sys_platform != 'win32'"}  # uvloop has no Windows build
     out = []
     for p in pkgs:
         try:
-            out.append(f"{p}=={version(p)}")
+            out.append(f"{p}=={version(p)}{markers.get(p, '')}")
         except Exception:
-            out.append(p)
+            out.append(p + markers.get(p, ""))
     return out
