@@ -79,7 +79,7 @@ def main():
     class_ids = next(iter(members.values())).config.class_ids
 
     rng = np.random.default_rng(2024)
-    base = [(cid, synthesize_sample(get_class(cid), rng, order_slip=0.0))
+    base = [(cid, synthesize_sample(get_class(cid), rng, order_slip=0.0, reversed_stroke=0.0))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes
     truth = np.array([cid for cid, _ in base])

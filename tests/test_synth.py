@@ -146,3 +146,12 @@ def test_so_and_zo_come_in_both_written_forms():
     rng = np.random.default_rng(4)
     assert {len(synthesize_sample(get_class("so"), rng)) for _ in range(40)} == {1, 2}
     assert {len(synthesize_sample(get_class("zo"), rng)) for _ in range(40)} == {3, 4}
+
+
+def test_a_reversed_stroke_is_drawn_from_its_end():
+    rng = np.random.default_rng(5)
+    # く is written from the top down: reversed, it starts at the bottom (y up)
+    for _ in range(10):
+        (forward,) = synthesize_sample(get_class("ku"), rng, reversed_stroke=0.0)
+        (backward,) = synthesize_sample(get_class("ku"), rng, reversed_stroke=1.0)
+        assert forward[0, 1] > forward[-1, 1] and backward[0, 1] < backward[-1, 1]
