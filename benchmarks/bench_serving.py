@@ -169,6 +169,9 @@ def log_floor_model(tmp: Path) -> str:
 
     class Constant(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input: list[Any], params=None) -> list[dict[str, Any]]:
+            from kana.serving import settle_server_heap
+
+            settle_server_heap()  # what kana's pyfunc does about the server's garbage collector
             return [{"char_id": "a", "probability": 1.0} for _ in model_input]
 
     path = tmp / "floor-model"
@@ -206,7 +209,8 @@ def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError("server did not start")
                 time.sleep(0.5)
-        asyncio.run(load_test(port, bodies, 40, 2, time_limit, keep_alive))  # warm-up
+        # warm-up on new connections, so that every worker has answered a few requests
+        asyncio.run(load_test(port, bodies, 200, clients, time_limit, keep_alive=False))
         rss_before = _rss_mb(proc.pid)
         t0 = time.perf_counter()
         latencies, errors = asyncio.run(load_test(port, bodies, requests, clients, time_limit, keep_alive))

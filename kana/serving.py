@@ -23,6 +23,7 @@ turning it back into JSON cost a served request about 1 ms of CPU and some 27 th
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -52,7 +53,29 @@ class KanaClassifier(mlflow.pyfunc.PythonModel):
     def predict(
         self, context, model_input: list[Any], params: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
+        settle_server_heap()
         return self.recognizer.predict(model_input)
+
+
+_heap_settled = False
+
+
+def settle_server_heap() -> None:
+    """In `mlflow models serve` only, once per worker (on its first request, when the server has
+    loaded all it needs): collect garbage, then freeze every object alive (`gc.freeze`).
+
+    A server process holds millions of long-lived objects (MLflow, FastAPI, pandas, the models).
+    Each full run of Python's cyclic garbage collector walks them all: here that stalled every
+    request in flight for 70-80 ms about every 500 requests, even for a model that does nothing
+    (p50 6 ms, p99 72 ms). Frozen, they are never walked again; new garbage is still collected.
+    Never in a user's own process, where freezing would keep alive whatever it holds then.
+    """
+    global _heap_settled
+    if _heap_settled or os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() != "true":
+        return  # MLflow's scoring server sets that variable when it starts
+    _heap_settled = True
+    gc.collect()
+    gc.freeze()
 
 
 class Recognizer:

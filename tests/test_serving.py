@@ -136,3 +136,24 @@ def test_each_member_gets_the_input_its_config_asks_for():
     assert seen[0][1] is seen[2][1]  # shared, not recomputed
     np.testing.assert_array_equal(seen[1][1][..., :1], seen[0][1])  # channel 0: the plain raster
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
+
+
+def test_the_heap_is_frozen_once_and_only_in_a_scoring_server(monkeypatch):
+    import gc
+
+    from kana import serving
+
+    monkeypatch.setattr(serving, "_heap_settled", False)
+    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", raising=False)
+    frozen = gc.get_freeze_count()
+    serving.settle_server_heap()  # a user's own process: left alone
+    assert gc.get_freeze_count() == frozen and not serving._heap_settled
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")  # as MLflow's server sets it
+    try:
+        serving.settle_server_heap()
+        assert serving._heap_settled and gc.get_freeze_count() > frozen
+        after_first = gc.get_freeze_count()
+        serving.settle_server_heap()  # once per process
+        assert gc.get_freeze_count() == after_first
+    finally:
+        gc.unfreeze()
