@@ -8,7 +8,9 @@ ways (rasters and pen paths) and so disagree less on writing unlike the syntheti
 is logged as a `KanaClassifier` pyfunc and registered (default name `kana-classifier`) with version
 tags `source_run_id` (comma-separated for an ensemble), `model_family` and
 `val_balanced_accuracy`, and alias `champion` points at it. A rerun that finds nothing better than
-the current champion leaves the alias where it is.
+the current champion leaves the alias where it is, unless the champion's pyfunc carries other kana
+code (version tag `kana_code_digest`): then the same models are packaged again with this code as
+a new version, so serving fixes reach the served model without a retrain.
 """
 
 from __future__ import annotations
@@ -30,6 +32,31 @@ CHAMPION = "champion"
 TRAIN_ENTRY_POINTS = ("train_cnn", "train_transfer", "train_lstm")
 SELECTION_METRIC = "val_balanced_accuracy"
 ENSEMBLE = "ensemble"
+CODE_TAG = "kana_code_digest"  # which kana code the registered pyfunc carries
+
+
+def code_digest() -> str:
+    """A digest of the kana package's source (what `log_pyfunc` logs with the model as code)."""
+    import hashlib
+
+    import kana
+
+    root = Path(kana.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("*.html")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _champion_candidate(champion, candidates: list) -> "Candidate":
+    """The current champion as a candidate: the one considered now, or rebuilt from its tags."""
+    for c in candidates:
+        if c.source_run_id == champion.tags.get("source_run_id"):
+            return c
+    client = MlflowClient()
+    runs = [client.get_run(r) for r in champion.tags["source_run_id"].split(",")]
+    family = ENSEMBLE if len(runs) > 1 else runs[0].data.tags.get("model_family", "")
+    return Candidate(family, runs, float(champion.tags.get(SELECTION_METRIC, "nan")))
 
 
 def training_runs(dataset_run_id: str):
@@ -137,6 +164,8 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
             mlflow.log_metrics({f"ensemble_{k}": v for k, v in ensemble.metrics.items()})
         champion = current_champion(model_name)
         digest = dataset_digest_of(dataset_run_id)
+        code = code_digest()
+        repackaged = False
         if champion is not None:
             score = float(champion.tags.get(SELECTION_METRIC, "-inf"))
             champion_digest = dataset_digest_of(champion.tags.get("dataset_run_id", ""))
@@ -146,9 +175,17 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
                 print(f"champion version {champion.version} was scored on other data "
                       f"(dataset {champion_digest}, now {digest}): replacing it")
             elif champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
-                print(f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})")
-                mlflow.set_tags({"champion_changed": "false", "champion_version": champion.version})
-                return champion.version
+                if champion.tags.get(CODE_TAG) == code:
+                    print(f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})")
+                    mlflow.set_tags({"champion_changed": "false", "champion_version": champion.version})
+                    return champion.version
+                # The same models, but the pyfunc carries older kana code (it is logged with
+                # the model): package them again, so serving fixes and speed-ups reach it.
+                print(f"champion version {champion.version} carries other kana code: "
+                      "packaging its models again with this code")
+                best = _champion_candidate(champion, candidates)
+                dataset_run_id = champion.tags.get("dataset_run_id", dataset_run_id)
+                repackaged = True
 
         with ExitStack() as stack:
             from kana.serving import log_pyfunc
@@ -164,10 +201,12 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
             "model_family": family,
             SELECTION_METRIC: f"{best.score:.6f}",
             "dataset_run_id": dataset_run_id,
+            CODE_TAG: code,
         }.items():
             client.set_model_version_tag(model_name, version, key, value)
         client.set_registered_model_alias(model_name, CHAMPION, version)
         mlflow.set_tags({"champion_changed": "true", "champion_version": version,
+                         "champion_repackaged": str(repackaged).lower(),
                          "model_family": family, "source_run_id": best.source_run_id})
         mlflow.log_metrics({k: v for k, v in best.metrics.items()
                             if k.startswith(("val_", "test_", "real_"))})

@@ -315,6 +315,32 @@ def test_drawing_page_can_guess_through_a_served_model(pipeline, served):
             guesser.guesses({"1": []})
 
 
+def test_a_champion_packaged_with_other_kana_code_is_packaged_again(pipeline):
+    """The pyfunc carries the kana code it was logged with: when that is not the code at hand,
+    `register` logs the same models again with it, so serving fixes reach the champion."""
+    client = MlflowClient(pipeline.tracking_uri)
+    old = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert old.tags["kana_code_digest"]  # as `register` tagged it
+    client.set_model_version_tag(MODEL_NAME, old.version, "kana_code_digest", "an-older-kana")
+    submitted = mlflow.projects.run(str(PROJECT_DIR), "register", env_manager="local",
+                                    experiment_id=pipeline.experiment_id,
+                                    parameters={"dataset_run_id": old.tags["dataset_run_id"],
+                                                "model_name": MODEL_NAME})
+    assert submitted.get_status() == "FINISHED"
+    new = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert new.version != old.version
+    for tag in ("source_run_id", "model_family", "val_balanced_accuracy", "dataset_run_id"):
+        assert new.tags[tag] == old.tags[tag]  # the same models
+    assert new.tags["kana_code_digest"] == old.tags["kana_code_digest"] != "an-older-kana"
+    assert pipeline.runs("register")[0].data.tags["champion_repackaged"] == "true"
+    sample = {"1": [[-0.5, 0.5], [0.0, 0.52], [0.5, 0.5]]}
+    old_model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{old.version}")
+    new_model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{new.version}")
+    (got,), (want,) = new_model.predict([sample]), old_model.predict([sample])
+    assert got["top5_char_ids"] == want["top5_char_ids"]
+    np.testing.assert_allclose(got["top5_probabilities"], want["top5_probabilities"], rtol=1e-6)
+
+
 def test_a_champion_scored_on_other_data_is_replaced(pipeline):
     """Validation scores on different data don't compare: after the synthesizer or the raw data
     change, the best model of the new data takes over. (Last in this module: it moves the alias.)"""
