@@ -14,7 +14,9 @@ MLflow store; speed does not depend on the weights. Prints, per model:
   `--workers` count (default: 1, MLflow's default, and 2, one per core here), with the clients'
   connections kept alive (as an app's HTTP client keeps them) and with a new connection per
   request. The same load on a model that does nothing (it answers one constant record per
-  sample) gives the floor that `mlflow models serve` and the clients themselves set here.
+  sample) gives the floor that `mlflow models serve` and the clients themselves set here. Each
+  line also gives the server's CPU time per request and how the workers shared it: with
+  connections kept alive, uvicorn may hand all 8 to one worker.
 """
 
 from __future__ import annotations
@@ -162,6 +164,27 @@ def _rss_mb(pid: int) -> float:
     return total
 
 
+def _worker_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each process in the server's tree that has no children:
+    uvicorn's workers (or the single process that serves with --workers 1)."""
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                children = [int(c) for c in fh.read().split()]
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        todo += children
+        with open(f"/proc/{p}/cmdline", "rb") as fh:
+            helper = b"resource_tracker" in fh.read()  # multiprocessing's, beside the workers
+        if not children and not helper:
+            out[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def log_floor_model(tmp: Path) -> str:
     """A pyfunc that answers a constant record per sample: served, it costs what the server and
     the clients cost and nothing more."""
@@ -212,13 +235,17 @@ def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8
         # warm-up on new connections, so that every worker has answered a few requests
         asyncio.run(load_test(port, bodies, 200, clients, time_limit, keep_alive=False))
         rss_before = _rss_mb(proc.pid)
+        cpu_before = _worker_cpu_s(proc.pid)
         t0 = time.perf_counter()
         latencies, errors = asyncio.run(load_test(port, bodies, requests, clients, time_limit, keep_alive))
         wall = time.perf_counter() - t0
         rss_after = _rss_mb(proc.pid)
+        cpu = {p: s - cpu_before.get(p, 0.0) for p, s in _worker_cpu_s(proc.pid).items()}
         p50, p99 = percentiles(latencies)
         return {"requests": len(latencies), "errors": errors, "p50": p50, "p99": p99,
-                "rps": len(latencies) / wall, "rss_before": rss_before, "rss_after": rss_after}
+                "rps": len(latencies) / wall, "rss_before": rss_before, "rss_after": rss_after,
+                "cpu_ms_per_request": 1000 * sum(cpu.values()) / max(len(latencies), 1),
+                "worker_shares": sorted((c / max(sum(cpu.values()), 1e-9) for c in cpu.values()), reverse=True)}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -316,10 +343,14 @@ def main():
                     r = bench_http(uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
                     print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
                           f"{r['rps']:.0f} req/s; errors {r['errors']} of {r['requests']}")
-                    print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB")
+                    print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB; "
+                          f"CPU {r['cpu_ms_per_request']:.2f} ms per request, shared by the workers "
+                          + " / ".join(f"{x:.0%}" for x in r["worker_shares"]))
                     f = bench_http(floor_uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
                     print(f"floor (a model that does nothing, same load): p50 {f['p50']:.2f} ms  "
-                          f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}")
+                          f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}; "
+                          f"CPU {f['cpu_ms_per_request']:.2f} ms per request, workers "
+                          + " / ".join(f"{x:.0%}" for x in f["worker_shares"]))
                     print(f"kana / floor: p50 {r['p50'] / f['p50']:.2f}x  p99 {r['p99'] / f['p99']:.2f}x")
 
 if __name__ == "__main__":
