@@ -175,11 +175,11 @@ def _worker_cpu_s(pid: int) -> dict[int, float]:
                 children = [int(c) for c in fh.read().split()]
             with open(f"/proc/{p}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{p}/cmdline", "rb") as fh:
+                helper = b"resource_tracker" in fh.read()  # multiprocessing's, beside the workers
         except OSError:
             continue
         todo += children
-        with open(f"/proc/{p}/cmdline", "rb") as fh:
-            helper = b"resource_tracker" in fh.read()  # multiprocessing's, beside the workers
         if not children and not helper:
             out[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
