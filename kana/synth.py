@@ -384,8 +384,8 @@ def synthesize_sample(
     else:
         strokes, n_base = _template(kana, rng)
         allowed_counts = allowed_counts or kana.stroke_counts
-    split = (kana.character in SPLIT_FORMS if isinstance(kana, KanaClass) else False)
-    if split and allowed_counts and len(strokes) + 1 in allowed_counts and rng.random() < 0.5:
+    if (not isinstance(kana, str) and kana.character in SPLIT_FORMS
+            and len(strokes) + 1 in allowed_counts and rng.random() < 0.5):
         k = SPLIT_FORMS[kana.character]
         strokes = strokes[:k] + split_at_first_corner(strokes[k], rng) + strokes[k + 1 :]
         allowed_counts = (len(strokes),)  # not joined back
