@@ -25,6 +25,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from kana.serving import code_digest
 from kana.tracking import ENTRY_POINT_TAG, experiment_ids, kana_run, latest_finished_run, log_params
 
 MODEL_NAME = "kana-classifier"
@@ -33,19 +34,6 @@ TRAIN_ENTRY_POINTS = ("train_cnn", "train_transfer", "train_lstm")
 SELECTION_METRIC = "val_balanced_accuracy"
 ENSEMBLE = "ensemble"
 CODE_TAG = "kana_code_digest"  # which kana code the registered pyfunc carries
-
-
-def code_digest() -> str:
-    """A digest of the kana package's source (what `log_pyfunc` logs with the model as code)."""
-    import hashlib
-
-    import kana
-
-    root = Path(kana.__file__).parent
-    h = hashlib.sha256()
-    for path in sorted([*root.glob("*.py"), *root.glob("*.html")]):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def _champion_candidate(champion, candidates: list) -> "Candidate":

@@ -311,12 +311,29 @@ def write_members(members: list[tuple[str, str]], folder: Path) -> float:
     return worst
 
 
+def _kana_code_dir() -> Path:
+    """The kana package folder: what the pyfunc carries as code."""
+    import kana
+
+    return Path(kana.__file__).parent
+
+
+def code_digest() -> str:
+    """A digest of the kana source the pyfunc carries (its .py and .html files): the registry
+    tags each version with it, to know which code a champion was packaged with."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = _kana_code_dir()
+    for path in sorted([*root.glob("*.py"), *root.glob("*.html")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def log_pyfunc(members: list[tuple[str, str]], registered_model_name: str | None = None):
     """Export every member (Keras model path, kana_config.json path) to ONNX, then log the pyfunc
     (with the kana package as code) in the active run."""
     import tempfile
-
-    import kana
 
     example = [
         {"1": [[-0.5, 0.5], [0.0, 0.52], [0.5, 0.5]], "2": [[0.0, 0.8], [0.02, 0.0], [-0.1, -0.7]]}
@@ -329,7 +346,7 @@ def log_pyfunc(members: list[tuple[str, str]], registered_model_name: str | None
             name="model",
             python_model=KanaClassifier(),
             artifacts={"members": str(folder)},
-            code_paths=[str(Path(kana.__file__).parent)],
+            code_paths=[str(_kana_code_dir())],
             input_example=example,
             registered_model_name=registered_model_name,
             pip_requirements=_pip_requirements(),
