@@ -11,7 +11,9 @@ by default, all classes the models know), read by the Keras models each training
 - the character drawn small in a corner: its longer side a quarter of the canvas' (top left),
   or 15% of it (bottom right);
 - the last two strokes swapped (samples with at least two strokes), or all strokes shuffled;
-- one stroke, chosen at random, drawn backwards (from its end to its start).
+- one stroke, chosen at random, drawn backwards (from its end to its start);
+- the voicing mark (゛ or ゜) a third of its size, or tapped (each of its strokes 1-3 points
+  where it was), on the voiced samples only (が, ぱ, ぎゃ...).
 A synthetic check, not real handwriting: it tells which inputs a family depends on.
 """
 
@@ -37,7 +39,23 @@ def placed(strokes, size: float, corner: tuple[int, int]):
 
 
 def conditions(rng: np.random.Generator):
-    return {
+    """name -> change(strokes, class_id): the sample redrawn, or None where it does not apply."""
+    from kana.classes import get_class
+    from kana.synth import glyph_strokes, resize_voicing_mark, voicing_mark_strokes
+
+    def changed_mark(s, cid, factor):
+        """The voicing mark scaled by `factor`, or each of its strokes tapped (factor 0)."""
+        character = get_class(cid).character
+        unjoined = sum(len(glyph_strokes(c)) for c in character)  # the mark's strokes are known
+        if not voicing_mark_strokes(character[0]) or len(s) != unjoined:
+            return None
+        if factor:
+            return resize_voicing_mark(s, character, factor)
+        end, n = len(glyph_strokes(character[0])), voicing_mark_strokes(character[0])
+        taps = [m.mean(axis=0) + rng.normal(0, 0.005, (int(rng.integers(1, 4)), 2)) for m in s[end - n : end]]
+        return s[: end - n] + taps + s[end:]
+
+    everywhere = {
         "as synthesized": lambda s: s,
         "1/4 of the canvas, top left": lambda s: placed(s, 0.5, (-1, 1)),
         "15% of it, bottom right": lambda s: placed(s, 0.3, (1, -1)),
@@ -45,6 +63,9 @@ def conditions(rng: np.random.Generator):
         "strokes shuffled": lambda s: [s[i] for i in rng.permutation(len(s))],
         "one stroke drawn backwards": lambda s: reversed_stroke(s, int(rng.integers(len(s)))),
     }
+    return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
+            "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
+            "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0)}
 
 
 def reversed_stroke(strokes, k: int):
@@ -79,20 +100,24 @@ def main():
     class_ids = next(iter(members.values())).config.class_ids
 
     rng = np.random.default_rng(2024)
-    base = [(cid, synthesize_sample(get_class(cid), rng, order_slip=0.0, reversed_stroke=0.0))
+    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0}
+    base = [(cid, synthesize_sample(get_class(cid), rng, **textbook))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes
     truth = np.array([cid for cid, _ in base])
     labels = np.array(class_ids)
     print(f"{len(base)} synthetic samples of {len(class_ids)} classes (seed 2024, samples with >= 2 strokes)")
     names = list(members) + (["ensemble"] if len(members) > 1 else [])
-    print(f"{'condition':26s}" + "".join(f"{n:>18s}" for n in names))
+    print(f"{'condition':26s}{'samples':>8s}" + "".join(f"{n:>18s}" for n in names))
     for label, change in conditions(rng).items():
-        samples = [change(s) for _, s in base]
+        changed = [(k, change(s, cid)) for k, (cid, s) in enumerate(base)]
+        kept = [k for k, c in changed if c is not None]
+        samples = [c for _, c in changed if c is not None]
         probs = {n: r.probabilities(samples) for n, r in members.items()}
         if len(members) > 1:
             probs["ensemble"] = combine_probabilities(list(probs.values()))
-        print(f"{label:26s}" + "".join(f"{np.mean(labels[p.argmax(1)] == truth):18.3f}" for p in probs.values()))
+        print(f"{label:26s}{len(samples):8d}"
+              + "".join(f"{np.mean(labels[p.argmax(1)] == truth[kept]):18.3f}" for p in probs.values()))
 
 
 if __name__ == "__main__":

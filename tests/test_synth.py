@@ -155,3 +155,35 @@ def test_a_reversed_stroke_is_drawn_from_its_end():
         (forward,) = synthesize_sample(get_class("ku"), rng, reversed_stroke=0.0)
         (backward,) = synthesize_sample(get_class("ku"), rng, reversed_stroke=1.0)
         assert forward[0, 1] > forward[-1, 1] and backward[0, 1] < backward[-1, 1]
+
+
+def test_a_voicing_mark_is_resized_about_its_own_centre_and_nothing_else_moves():
+    from kana.synth import resize_voicing_mark, voicing_mark_strokes
+
+    assert [voicing_mark_strokes(c) for c in "かがぱゔゃ"] == [0, 2, 1, 2, 0]
+    ga = list(glyph_strokes("が"))  # か (3 strokes), then the two ticks of ゛
+    small = resize_voicing_mark(ga, "が", 0.5)
+    for before, after in zip(ga[:3], small[:3]):
+        np.testing.assert_array_equal(before, after)
+    centre = np.vstack(ga[3:]).mean(axis=0)
+    for before, after in zip(ga[3:], small[3:]):
+        np.testing.assert_allclose(after - centre, (before - centre) * 0.5)
+    # a compound holds its base kana first: ぎゃ's ゛ are strokes 4 and 5, ゃ's strokes stay
+    gya = list(glyph_strokes("ぎ")) + list(glyph_strokes("ゃ"))
+    out = resize_voicing_mark(gya, "ぎゃ", 0.4)
+    moved = [i for i in range(len(gya)) if not np.array_equal(gya[i], out[i])]
+    assert moved == [4, 5]
+    ka = list(glyph_strokes("か"))
+    assert resize_voicing_mark(ka, "か", 0.4) is ka  # no mark: as it was
+
+
+def test_small_voicing_marks_shrink_the_mark_in_the_recorded_sample():
+    def mark_extent(sample):  # ば's ゛ (its last two strokes) as a share of the whole drawing
+        return np.ptp(np.vstack(sample[-2:]), axis=0).max() / np.ptp(np.vstack(sample), axis=0).max()
+
+    kw = {"allowed_counts": (5,), "order_slip": 0.0, "reversed_stroke": 0.0}
+    plain = [mark_extent(synthesize_sample(get_class("ba"), np.random.default_rng(k), small_marks=0.0, **kw))
+             for k in range(40)]
+    small = [mark_extent(synthesize_sample(get_class("ba"), np.random.default_rng(k), small_marks=1.0, **kw))
+             for k in range(40)]
+    assert np.median(small) < 0.75 * np.median(plain)
