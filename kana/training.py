@@ -367,7 +367,8 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
     """MLflow entry point `train_transfer`: a CNN base trained on other characters, fine-tuned.
 
     The base comes from `base_model_uri` when given; otherwise the latest `kana-kanji-base`
-    version trained with the same settings is reused, and only when there is none is one trained
+    version trained with the same settings and the same raster code (`raster_code_digest`) is
+    reused, and only when there is none is one trained
     (on kanji synthesized from KanjiVG, or on Kuzushiji-49 when `base_source` is a folder of its
     .npz files) and registered.
     """
@@ -401,11 +402,29 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
 
 
 def _base_tags(settings: dict) -> dict[str, str]:
-    return {f"kana.{k}": str(v) for k, v in settings.items()}
+    """A kanji base's settings as version tags, with the digest of the code that made its rasters."""
+    return {**{f"kana.{k}": str(v) for k, v in settings.items()}, "kana.raster_code": raster_code_digest()}
+
+
+def raster_code_digest() -> str:
+    """A digest of what turns KanjiVG into the base's training rasters: the synthesizer, the
+    feature code and the KanjiVG version. A base is reused only when it matches, so a synthesizer
+    change trains a new one instead of fine-tuning on one made from other data."""
+    import hashlib
+    from importlib import metadata
+
+    from kana import synth
+
+    h = hashlib.sha256()
+    for module in (synth, features):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(metadata.version("kanjivg").encode())
+    return h.hexdigest()[:16]
 
 
 def find_kanji_base(settings: dict) -> str:
-    """The newest registered `kana-kanji-base` version trained with these settings, or ''."""
+    """The newest registered `kana-kanji-base` version trained with these settings and this
+    raster code, or ''."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
