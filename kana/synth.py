@@ -21,7 +21,7 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
   pen's direction, read 46% of samples with one stroke reversed before it saw any);
 - a third of the voiced samples (が, ぱ, ぎゃ...) have their voicing mark drawn small and quick, a
   third to four fifths of KanjiVG's size: KanjiVG draws every ゛ and ゜ the same size, and the
-  CNNs trained on that read 75% of samples whose marks were a third of it (a tiny ゜ was missed);
+  CNNs trained on that read 68-71% of samples whose marks were a third of it (a tiny ゜ was missed);
 - compounds (きゃ...) are a full kana plus a small ゃ/ゅ/ょ at lower right.
 
 Everything is driven by one numpy Generator, so a seed gives the same samples on every machine.

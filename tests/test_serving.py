@@ -25,6 +25,17 @@ def test_a_class_one_member_rules_out_stays_unlikely():
     assert combined.argmax() == 1 and combined.sum() == pytest.approx(1.0)
 
 
+def test_one_sure_member_cannot_overrule_two_that_agree():
+    # the LSTM at 1 - 1e-20 for class 0 (float32 softmax does this), both CNNs at 0.9 for class 1
+    sure = np.array([[1.0 - 1e-20, 1e-20, 0.0]])
+    cnn = np.array([[1e-4, 0.9, 0.0999]])
+    combined = combine_probabilities([sure, cnn, cnn])
+    assert combined.argmax() == 1
+    # the floor only bounds the veto: by hand, class 1 gets (1e-6 * 0.9^2)^(1/3) against
+    # (1 * 1e-4^2)^(1/3) for class 0, a ratio of (0.81e-6 / 1e-8)^(1/3) = 81^(1/3)
+    assert combined[0, 1] / combined[0, 0] == pytest.approx(81 ** (1 / 3))
+
+
 def test_zero_probabilities_do_not_produce_nan():
     a = np.array([[1.0, 0.0]])
     b = np.array([[0.0, 1.0]])
