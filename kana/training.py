@@ -312,7 +312,7 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
 # --------------------------------------------------------------------------- the three families
 
 
-def train_cnn(dataset_run_id: str = "", epochs: int = 7, batch_size: int = 64,
+def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
               learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 128,
               batch_norm: int = 1, filters: int = 16, seed: int = 127, real_dir: str = "",
               augment: int = 1, stroke_order: int = 0) -> str:
@@ -362,7 +362,7 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
                    base_source: str = "kanjivg", frozen_blocks: int = 1, epochs: int = 8,
                    batch_size: int = 64, learning_rate: float = 5e-4, patience: int = 3,
                    dense_units: int = 128, kanji_classes: int = 150, kanji_per_class: int = 40,
-                   base_epochs: int = 4, filters: int = 16, seed: int = 127, real_dir: str = "",
+                   base_epochs: int = 12, filters: int = 16, seed: int = 127, real_dir: str = "",
                    augment: int = 1) -> str:
     """MLflow entry point `train_transfer`: a CNN base trained on other characters, fine-tuned.
 
