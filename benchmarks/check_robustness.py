@@ -13,7 +13,8 @@ by default, all classes the models know), read by the Keras models each training
 - the last two strokes swapped (samples with at least two strokes), or all strokes shuffled;
 - one stroke, chosen at random, drawn backwards (from its end to its start);
 - the voicing mark (゛ or ゜) a third of its size, or tapped (each of its strokes 1-3 points
-  where it was), on the voiced samples only (が, ぱ, ぎゃ...).
+  where it was), on the voiced samples only (が, ぱ, ぎゃ...);
+- a compound's small kana (ゃ, ゅ, ょ) twice its size, nearly as big as the kana before it.
 A synthetic check, not real handwriting: it tells which inputs a family depends on.
 """
 
@@ -63,9 +64,18 @@ def conditions(rng: np.random.Generator):
         "strokes shuffled": lambda s: [s[i] for i in rng.permutation(len(s))],
         "one stroke drawn backwards": lambda s: reversed_stroke(s, int(rng.integers(len(s)))),
     }
+    def big_small_kana(s, cid):
+        kana = get_class(cid)
+        if not kana.is_compound or len(s) != sum(len(glyph_strokes(c)) for c in kana.character):
+            return None
+        n = len(glyph_strokes(kana.character[1]))
+        centre = np.vstack(s[-n:]).mean(axis=0)
+        return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
+
     return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
-            "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0)}
+            "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0),
+            "small kana twice its size": big_small_kana}
 
 
 def reversed_stroke(strokes, k: int):
