@@ -56,6 +56,15 @@ def conditions(rng: np.random.Generator):
         taps = [m.mean(axis=0) + rng.normal(0, 0.005, (int(rng.integers(1, 4)), 2)) for m in s[end - n : end]]
         return s[: end - n] + taps + s[end:]
 
+    def big_small_kana(s, cid):
+        """A compound's small kana (its last strokes) twice its size, about its own centre."""
+        kana = get_class(cid)
+        if not kana.is_compound or len(s) != sum(len(glyph_strokes(c)) for c in kana.character):
+            return None
+        n = len(glyph_strokes(kana.character[1]))
+        centre = np.vstack(s[-n:]).mean(axis=0)
+        return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
+
     everywhere = {
         "as synthesized": lambda s: s,
         "1/4 of the canvas, top left": lambda s: placed(s, 0.5, (-1, 1)),
@@ -64,14 +73,6 @@ def conditions(rng: np.random.Generator):
         "strokes shuffled": lambda s: [s[i] for i in rng.permutation(len(s))],
         "one stroke drawn backwards": lambda s: reversed_stroke(s, int(rng.integers(len(s)))),
     }
-    def big_small_kana(s, cid):
-        kana = get_class(cid)
-        if not kana.is_compound or len(s) != sum(len(glyph_strokes(c)) for c in kana.character):
-            return None
-        n = len(glyph_strokes(kana.character[1]))
-        centre = np.vstack(s[-n:]).mean(axis=0)
-        return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
-
     return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
             "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0),
