@@ -6,8 +6,9 @@ Prints:
 - stroke resampling: kana's cached-basis B-spline vs the notebook's geomdl loop on the same
   strokes (strokes/s each, the ratio, and the largest difference between them);
 - whole preprocessing (load + validate + resample + raster; LSTM tensors are built from the stored
-  resampled points at training time and are timed separately), in samples/s, from raw app
-  pickles on disk, with 1 worker and with every core.
+  resampled points at training time and are timed separately, a whole split at once and, as a
+  baseline, one sample at a time), in samples/s, from raw app pickles on disk, with 1 worker and
+  with every core.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kana.classes import class_set  # noqa: E402
 from kana.dataset import build_dataset  # noqa: E402
-from kana.features import resample_stroke, resample_stroke_geomdl  # noqa: E402
+from kana.features import lstm_tensor, resample_stroke, resample_stroke_geomdl  # noqa: E402
 from kana.strokes import save_app_pickle  # noqa: E402
 from kana.synth import synthesize_dataset  # noqa: E402
 from kana.training import ModelConfig, dataset_inputs  # noqa: E402
@@ -76,7 +77,11 @@ def main():
         idx = np.arange(len(ds.labels))
         lstm = ModelConfig.for_dataset("lstm", ds.meta)
         t = best_of(lambda: dataset_inputs(lstm, ds, idx), repeats=2)
-        print(f"LSTM tensors         : {len(idx) / t:12,.0f} samples/s (built at training time)")
+        resampled = [ds.resampled(i) for i in idx]
+        t1 = best_of(lambda: np.stack([lstm_tensor(r, lstm.max_strokes, lstm.fit_box) for r in resampled]),
+                     repeats=2)
+        print(f"LSTM tensors         : {len(idx) / t:12,.0f} samples/s (built at training time and in "
+              f"serving's batches; one sample at a time: {len(idx) / t1:,.0f}/s)")
         t = best_of(lambda: synthesize_dataset(classes[:20], 20, seed=1), repeats=1)
         print(f"synthesis (1 core)   : {400 / t:12,.0f} samples/s")
 

@@ -8,7 +8,7 @@
   flipped to image convention, drawn with Pillow (width 1) and padded to 32x32.
 - `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
   `max_strokes`, then scaled by (a + 1) / 2 as the notebook did; optionally with the character
-  fitted to the box first (`fit_box`).
+  fitted to the box first (`fit_box`). `lstm_tensors` builds a batch's at once.
 """
 
 from __future__ import annotations
@@ -112,15 +112,22 @@ def to_image_coords(resampled: np.ndarray) -> np.ndarray:
     return resampled * np.array([1.0, -1.0])
 
 
-def fit_to_pixels(strokes_img: np.ndarray, size: int, width: int) -> np.ndarray:
-    """Scale and centre the points to fill a `size` square, keeping aspect, leaving room for width."""
-    flat = strokes_img.reshape(-1, 2)
-    lo, hi = flat.min(axis=0), flat.max(axis=0)
-    extent = float((hi - lo).max())
+def fit_to_pixels(strokes_img: np.ndarray, size: int, width: int, batched: bool = False) -> np.ndarray:
+    """Scale and centre the points to fill a `size` square, keeping aspect, leaving room for width.
+
+    `strokes_img` holds one character's points (..., 2), or with `batched` G characters'
+    (G, ..., 2), each fitted on its own."""
+    pts = strokes_img if batched else strokes_img[None]
+    xs, ys = pts[..., 0].reshape(len(pts), -1), pts[..., 1].reshape(len(pts), -1)
+    # per coordinate: numpy reduces a (n, 2) array over its long axis 20 times slower
+    lo, hi = np.stack([xs.min(1), ys.min(1)], axis=1), np.stack([xs.max(1), ys.max(1)], axis=1)
+    extent = (hi - lo).max(axis=1)
     usable = size - 1 - (width - 1)
-    scale = usable / extent if extent > 0 else 0.0
+    scale = np.divide(usable, extent, out=np.zeros_like(extent), where=extent > 0)
     centre = (lo + hi) / 2.0
-    return (strokes_img - centre) * scale + (size - 1) / 2.0
+    per_char = (len(pts),) + (1,) * (pts.ndim - 2)
+    fitted = (pts - centre.reshape(per_char + (2,))) * scale.reshape(per_char + (1,)) + (size - 1) / 2.0
+    return fitted if batched else fitted[0]
 
 
 def render_raster(
@@ -183,29 +190,48 @@ def stroke_directions(stroke_img: np.ndarray) -> np.ndarray:
     return np.vstack([unit, unit[-1:]])
 
 
-def fit_to_box(strokes_img: np.ndarray) -> np.ndarray:
+def fit_to_box(strokes_img: np.ndarray, batched: bool = False) -> np.ndarray:
     """The character centred and scaled so its longer side spans [-1, 1], keeping its aspect: the
     strokes' position and size on the canvas no longer matter, as for the raster."""
-    return fit_to_pixels(strokes_img, 3, 1) - 1.0
+    return fit_to_pixels(strokes_img, 3, 1, batched) - 1.0
 
 
 def lstm_tensor(resampled: np.ndarray, max_strokes: int, fit_box: bool = False) -> np.ndarray:
     """Resampled strokes (app coords) -> float32 (n_points, 4 * max_strokes), the notebook's layout
     (x, y as drawn on the canvas), or with `fit_box` the character fitted to the whole box first."""
-    n_strokes, n_points, _ = resampled.shape
-    if n_strokes > max_strokes:
-        raise ValueError(f"{n_strokes} strokes, but the features hold at most {max_strokes}")
-    img = to_image_coords(resampled)
-    if fit_box:
-        img = fit_to_box(img)
-    delta = np.diff(img, axis=1)
-    length = np.hypot(delta[..., 0], delta[..., 1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unit = delta / length[..., None]
-    unit = np.concatenate([unit, unit[:, -1:]], axis=1)
-    for i in np.flatnonzero((length <= 1e-12).any(axis=1)):  # pauses and dots: rare, exact path
-        unit[i] = stroke_directions(img[i])
-    out = np.zeros((n_points, max_strokes, 4), dtype=np.float32)
-    out[:, :n_strokes, :2] = img.transpose(1, 0, 2)
-    out[:, :n_strokes, 2:] = unit.transpose(1, 0, 2)
-    return (out.reshape(n_points, 4 * max_strokes) + 1.0) / 2.0
+    return lstm_tensors([resampled], max_strokes, fit_box)[0]
+
+
+def lstm_tensors(resampled: list[np.ndarray], max_strokes: int, fit_box: bool = False) -> np.ndarray:
+    """`lstm_tensor` of many samples -> (n_samples, n_points, 4 * max_strokes).
+
+    Samples with the same stroke count are computed together, as one array: a dozen array
+    operations per stroke count instead of per sample. In a batch of 1,000 (serving's batches, and
+    the training set) that took 0.03 ms a sample where one by one took 0.07-0.09 ms here."""
+    if not resampled:
+        raise ValueError("no samples")
+    n_points = resampled[0].shape[1]
+    out = np.zeros((len(resampled), n_points, max_strokes, 4), dtype=np.float32)
+    by_count: dict[int, list[int]] = {}
+    for k, r in enumerate(resampled):
+        if len(r) > max_strokes:
+            raise ValueError(f"{len(r)} strokes, but the features hold at most {max_strokes}")
+        by_count.setdefault(len(r), []).append(k)
+    for n_strokes, ks in by_count.items():
+        img = to_image_coords(np.stack([resampled[k] for k in ks]))  # (G, n_strokes, n_points, 2)
+        if fit_box:
+            img = fit_to_box(img, batched=True)
+        delta = np.diff(img, axis=2)
+        length = np.hypot(delta[..., 0], delta[..., 1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unit = delta / length[..., None]
+        unit = np.concatenate([unit, unit[:, :, -1:]], axis=2)
+        for g, i in zip(*np.nonzero((length <= 1e-12).any(axis=2))):  # pauses and dots: rare
+            unit[g, i] = stroke_directions(img[g, i])
+        rows = slice(None) if len(ks) == len(resampled) else ks  # a slice is quicker, where it can be
+        out[rows, :, :n_strokes, :2] = img.transpose(0, 2, 1, 3)
+        out[rows, :, :n_strokes, 2:] = unit.transpose(0, 2, 1, 3)
+    out = out.reshape(len(resampled), n_points, 4 * max_strokes)
+    out += 1.0
+    out *= 0.5  # (a + 1) / 2, in place
+    return out

@@ -78,7 +78,7 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
         return np.concatenate([raster_batch_to_input(rasters), raster_batch_to_input(order)], axis=-1)
     if not resampled:  # an empty split
         return np.zeros((0, config.n_points, 4 * config.max_strokes), dtype=np.float32)
-    return np.stack([features.lstm_tensor(r, config.max_strokes, config.fit_box) for r in resampled])
+    return features.lstm_tensors(resampled, config.max_strokes, config.fit_box)
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,10 @@ import pytest
 from kana.features import (
     bspline_basis,
     clamped_uniform_knots,
+    fit_to_box,
+    fit_to_pixels,
     lstm_tensor,
+    lstm_tensors,
     render_order_raster,
     render_raster,
     resample_stroke,
@@ -180,3 +183,42 @@ def test_lstm_tensor_matches_per_stroke_directions_including_pauses():
         img = to_image_coords(r)
         np.testing.assert_allclose(t[:, 4 * i : 4 * i + 2], (img + 1) / 2, atol=1e-6)
         np.testing.assert_allclose(t[:, 4 * i + 2 : 4 * i + 4], (stroke_directions(img) + 1) / 2, atol=1e-6)
+
+
+def test_fitting_a_batch_fits_each_character_on_its_own():
+    rng = np.random.default_rng(5)
+    chars = rng.uniform(-1, 1, (4, 3, 7, 2)) * [[[[0.2, 1.0]]], [[[1.0, 0.1]]], [[[0.5, 0.5]]], [[[1, 1]]]]
+    chars[3] = 0.25  # a single dot: nothing to scale, it lands in the middle
+    fitted = fit_to_pixels(chars, 28, 1, batched=True)
+    for k in range(4):
+        np.testing.assert_array_equal(fitted[k], fit_to_pixels(chars[k], 28, 1))
+    np.testing.assert_allclose(fitted[3], 13.5)
+    # the longer side spans the square, the other keeps its aspect, both centred
+    span = fitted.reshape(4, -1, 2).max(axis=1) - fitted.reshape(4, -1, 2).min(axis=1)
+    np.testing.assert_allclose(span.max(axis=1)[:3], 27.0)
+
+
+def test_lstm_tensors_of_a_mixed_batch_match_each_samples_strokes():
+    """Samples of different stroke counts (grouped inside) come back in order, each as the
+    per-stroke maths give it: position and direction, with dots and pauses."""
+    rng = np.random.default_rng(6)
+    samples = []
+    for n in (3, 1, 2, 3, 1, 4):
+        strokes = [rng.uniform(-1, 1, (int(rng.integers(2, 9)), 2)) for _ in range(n)]
+        samples.append(strokes)
+    samples[1] = [np.zeros((2, 2)) + 0.4]  # a dot
+    samples[3][1][2] = samples[3][1][1]  # a pause inside a stroke
+    resampled = [resample_strokes(s).astype(np.float32) for s in samples]
+    for fit_box in (False, True):
+        batch = lstm_tensors(resampled, max_strokes=5, fit_box=fit_box)
+        assert batch.shape == (6, 120, 20) and batch.dtype == np.float32
+        for k, r in enumerate(resampled):
+            img = fit_to_box(to_image_coords(r)) if fit_box else to_image_coords(r)
+            for i in range(len(r)):
+                np.testing.assert_allclose(batch[k, :, 4 * i : 4 * i + 2], (img[i] + 1) / 2, atol=1e-6)
+                np.testing.assert_allclose(batch[k, :, 4 * i + 2 : 4 * i + 4],
+                                           (stroke_directions(img[i]) + 1) / 2, atol=1e-6)
+            np.testing.assert_allclose(batch[k, :, 4 * len(r) :], 0.5)  # padding
+            np.testing.assert_array_equal(batch[k], lstm_tensor(r, 5, fit_box))
+    with pytest.raises(ValueError, match="4 strokes, but the features hold at most 3"):
+        lstm_tensors(resampled, max_strokes=3)
