@@ -193,7 +193,7 @@ def test_fitting_a_batch_fits_each_character_on_its_own():
     for k in range(4):
         np.testing.assert_array_equal(fitted[k], fit_to_pixels(chars[k], 28, 1))
     np.testing.assert_allclose(fitted[3], 13.5)
-    # the longer side spans the square, the other keeps its aspect, both centred
+    # each longer side spans the square (27 pixels between the outermost points)
     span = fitted.reshape(4, -1, 2).max(axis=1) - fitted.reshape(4, -1, 2).min(axis=1)
     np.testing.assert_allclose(span.max(axis=1)[:3], 27.0)
 
