@@ -15,8 +15,11 @@ MLflow store; speed does not depend on the weights. Prints, per model:
   connections kept alive (as an app's HTTP client keeps them) and with a new connection per
   request. The same load on a model that does nothing (it answers one constant record per
   sample) gives the floor that `mlflow models serve` and the clients themselves set here. Each
-  line also gives the server's CPU time per request and how the workers shared it: with
-  connections kept alive, uvicorn may hand all 8 to one worker.
+  line also gives the server's CPU time per request (its workers' and their models' child
+  processes', and the latter alone) and how the workers shared it: with connections kept alive,
+  uvicorn may hand all 8 to one worker. The same load with the models in the server's own
+  process (`KANA_CHILD_PROCESS=0`, as before they moved to a child) gives the baseline of that
+  change.
 """
 
 from __future__ import annotations
@@ -164,10 +167,11 @@ def _rss_mb(pid: int) -> float:
     return total
 
 
-def _worker_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each process in the server's tree that has no children:
-    uvicorn's workers (or the single process that serves with --workers 1)."""
-    out, todo = {}, [pid]
+def _worker_cpu_s(pid: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user + system) of each of uvicorn's workers (or the single process that serves
+    with --workers 1): its own, and its child process that runs the models (`kana.serving`)."""
+    procs = {}  # pid -> (children, cpu seconds, kind)
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
@@ -176,12 +180,18 @@ def _worker_cpu_s(pid: int) -> dict[int, float]:
             with open(f"/proc/{p}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{p}/cmdline", "rb") as fh:
-                helper = b"resource_tracker" in fh.read()  # multiprocessing's, beside the workers
+                cmdline = fh.read()
         except OSError:
             continue
+        kind = ("helper" if b"resource_tracker" in cmdline  # multiprocessing's, beside the workers
+                else "models" if b"kana.serving" in cmdline else "server")
+        procs[p] = (children, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), kind)
         todo += children
-        if not children and not helper:
-            out[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    out = {}
+    for p, (children, cpu, kind) in procs.items():
+        servers = [c for c in children if c in procs and procs[c][2] == "server"]
+        if kind == "server" and not servers:  # a worker
+            out[p] = (cpu, sum(procs[c][1] for c in children if c in procs and procs[c][2] == "models"))
     return out
 
 
@@ -204,7 +214,7 @@ def log_floor_model(tmp: Path) -> str:
 
 
 def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8, time_limit: float = 300,
-               workers: int = 1, keep_alive: bool = True):
+               workers: int = 1, keep_alive: bool = True, extra_env: dict[str, str] | None = None):
     """`mlflow models serve` with `workers` uvicorn workers; with several, each runs ONNX Runtime
     on one thread (KANA_ORT_THREADS=1), so the workers share the cores instead of fighting.
     The clients: `clients` concurrent connections, each sending its requests one after another,
@@ -212,7 +222,7 @@ def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     if workers > 1:
         env["KANA_ORT_THREADS"] = "1"
     proc = subprocess.Popen(
@@ -240,12 +250,17 @@ def bench_http(model_uri: str, samples, requests: int = 10_000, clients: int = 8
         latencies, errors = asyncio.run(load_test(port, bodies, requests, clients, time_limit, keep_alive))
         wall = time.perf_counter() - t0
         rss_after = _rss_mb(proc.pid)
-        cpu = {p: s - cpu_before.get(p, 0.0) for p, s in _worker_cpu_s(proc.pid).items()}
+        server_cpu, models_cpu = {}, 0.0
+        for p, (own, models) in _worker_cpu_s(proc.pid).items():
+            before = cpu_before.get(p, (0.0, 0.0))
+            server_cpu[p] = own - before[0] + models - before[1]
+            models_cpu += models - before[1]
+        total, n = sum(server_cpu.values()), max(len(latencies), 1)
         p50, p99 = percentiles(latencies)
         return {"requests": len(latencies), "errors": errors, "p50": p50, "p99": p99,
                 "rps": len(latencies) / wall, "rss_before": rss_before, "rss_after": rss_after,
-                "cpu_ms_per_request": 1000 * sum(cpu.values()) / max(len(latencies), 1),
-                "worker_shares": sorted((c / max(sum(cpu.values()), 1e-9) for c in cpu.values()), reverse=True)}
+                "cpu_ms_per_request": 1000 * total / n, "models_cpu_ms_per_request": 1000 * models_cpu / n,
+                "worker_shares": sorted((c / max(total, 1e-9) for c in server_cpu.values()), reverse=True)}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -343,8 +358,15 @@ def main():
                     print(f"latency p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms (goal p99 <= 25 ms); "
                           f"{r['rps']:.0f} req/s; errors {r['errors']} of {r['requests']}")
                     print(f"server RSS (all workers) before {r['rss_before']:.0f} MB, after {r['rss_after']:.0f} MB; "
-                          f"CPU {r['cpu_ms_per_request']:.2f} ms per request, shared by the workers "
+                          f"CPU {r['cpu_ms_per_request']:.2f} ms per request ({r['models_cpu_ms_per_request']:.2f} "
+                          "in the models' child processes), shared by the workers "
                           + " / ".join(f"{x:.0%}" for x in r["worker_shares"]))
+                    b = bench_http(uri, samples, args.requests, workers=workers, keep_alive=keep_alive,
+                                   extra_env={"KANA_CHILD_PROCESS": "0"})
+                    print(f"baseline, the models in the server's process (KANA_CHILD_PROCESS=0): p50 {b['p50']:.2f} ms  "
+                          f"p99 {b['p99']:.2f} ms; {b['rps']:.0f} req/s; errors {b['errors']}; "
+                          f"CPU {b['cpu_ms_per_request']:.2f} ms per request; kana / baseline: "
+                          f"p50 {r['p50'] / b['p50']:.2f}x  p99 {r['p99'] / b['p99']:.2f}x")
                     f = bench_http(floor_uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
                     print(f"floor (a model that does nothing, same load): p50 {f['p50']:.2f} ms  "
                           f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}; "

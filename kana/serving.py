@@ -6,7 +6,8 @@ network exported to ONNX (what serving runs: ONNX Runtime answers one sample in 
 millisecond where a Keras call costs 15-700 ms; every export is checked against Keras before it is
 registered), with its `ModelConfig` (class table, feature settings), and the `kana` package itself
 (logged as code), so a sample is parsed, validated, resampled and rendered by exactly the code
-that prepared the training data.
+that prepared the training data. In `mlflow models serve` the models run in a child process
+(`ChildProcessModels`), beside the server's own work instead of under its GIL.
 
 Input (`predict`): a list of samples, each the app's raw dict `{1: ndarray (N, 2), ...}`, the same
 with string keys and lists (JSON), `{"strokes": [...]}`, or a plain list of strokes. The `list[Any]`
@@ -48,7 +49,9 @@ class KanaClassifier(mlflow.pyfunc.PythonModel):
         return {}
 
     def load_context(self, context):
-        self.recognizer = Recognizer.from_members_dir(context.artifacts["members"])
+        self.recognizer = Recognizer.from_members_dir(
+            context.artifacts["members"], in_child_process=_use_child_process()
+        )
 
     def predict(
         self, context, model_input: list[Any], params: dict[str, Any] | None = None
@@ -58,6 +61,24 @@ class KanaClassifier(mlflow.pyfunc.PythonModel):
 
 
 _heap_settled = False
+
+
+def _in_serving_environment() -> bool:
+    """Set by MLflow's scoring server once it has loaded the model."""
+    return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
+
+
+def _use_child_process() -> bool:
+    """The models run in a child process in `mlflow models serve` (KANA_CHILD_PROCESS=0 turns that
+    off, =1 turns it on anywhere); in a user's own process they run in it. The scoring server
+    loads the model before it sets _MLFLOW_IS_IN_SERVING_ENVIRONMENT; it starts uvicorn with the
+    model's path in __pyfunc_model_path__."""
+    setting = os.environ.get("KANA_CHILD_PROCESS", "")
+    if os.name != "posix":
+        return False  # the child's socket is handed over with pass_fds, a POSIX feature
+    if setting in ("0", "1"):
+        return setting == "1"
+    return _in_serving_environment() or bool(os.environ.get("__pyfunc_model_path__"))
 
 
 def settle_server_heap() -> None:
@@ -71,7 +92,7 @@ def settle_server_heap() -> None:
     Never in a user's own process, where freezing would keep alive whatever it holds then.
     """
     global _heap_settled
-    if _heap_settled or os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() != "true":
+    if _heap_settled or not _in_serving_environment():
         return  # MLflow's scoring server sets that variable when it starts
     _heap_settled = True
     gc.collect()
@@ -86,7 +107,9 @@ class Recognizer:
     finds likely: a product of experts that see the sample differently (raster vs pen path).
     """
 
-    def __init__(self, members: list[tuple[Callable[[np.ndarray], np.ndarray], Any]]):
+    def __init__(self, members: list[tuple[Callable[[np.ndarray], np.ndarray], Any]],
+                 probabilities: Callable[[list], np.ndarray] | None = None):
+        """`probabilities`: what computes them in place of `self.probabilities` (a child process)."""
         from kana.classes import get_class
 
         if not members:
@@ -101,7 +124,7 @@ class Recognizer:
         self.characters = np.array([get_class(c).character for c in self.config.class_ids])
         self.class_ids = np.array(self.config.class_ids)
         self.n_outputs = len(self.config.class_ids)
-        self.batched_probabilities = BatchedCalls(self.probabilities)
+        self.batched_probabilities = BatchedCalls(probabilities or self.probabilities)
 
     @staticmethod
     def onnx_session(onnx_path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -127,17 +150,18 @@ class Recognizer:
         return lambda x: (single if len(x) == 1 else multi).run(None, {name: x})[0]
 
     @classmethod
-    def from_members_dir(cls, folder: str) -> "Recognizer":
-        """The members a pyfunc carries: `members.json` lists each one's ONNX file and config."""
+    def from_members_dir(cls, folder: str, in_child_process: bool = False) -> "Recognizer":
+        """The members a pyfunc carries: `members.json` lists each one's ONNX file and config.
+        `in_child_process`: the members run in a `ChildProcessModels` (see there)."""
         from kana.training import ModelConfig
 
         root = Path(folder)
         listing = json.loads((root / MEMBERS_FILE).read_text(encoding="utf-8"))
-        return cls([
-            (cls.onnx_session(str(root / m["onnx"])),
-             ModelConfig.from_json((root / m["config"]).read_text(encoding="utf-8")))
-            for m in listing
-        ])
+        configs = [ModelConfig.from_json((root / m["config"]).read_text(encoding="utf-8"))
+                   for m in listing]
+        if in_child_process:
+            return cls([(_runs_in_child, c) for c in configs], ChildProcessModels(folder))
+        return cls([(cls.onnx_session(str(root / m["onnx"])), c) for m, c in zip(listing, configs)])
 
     @classmethod
     def from_keras(cls, models_and_configs: list[tuple[Any, Any]]) -> "Recognizer":
@@ -213,53 +237,202 @@ class BatchedCalls:
     """Concurrent calls of `fn(items) -> array` answered by one call on all their items at once.
 
     `mlflow models serve` runs each request's predict in a thread of its own. While one thread
-    runs the models, the requests that arrive meanwhile queue here, and when it is done the next
+    runs the models, the requests that arrive meanwhile queue here, and when it is done the first
     of them runs the whole queue as one batch and hands each caller its rows. A request never
     waits for others to arrive: alone, it runs at once, as before. Under load the waiting threads
     sleep instead of fighting over the GIL and the cores, and the per-call costs (Python, the
-    LSTM's sequential steps) are paid once per batch: with 8 clients on one worker here, thread
-    switches per request fell from about 100 to 48 and throughput rose by about 10% (the CNNs
-    cost the same per sample in a batch). Callers pass validated items; if the batched call
-    raises, every caller in that batch gets the error.
+    LSTM's sequential steps, the trip to the models' child process) are paid once per batch. Each
+    waiting thread has an event of its own, so a finished batch wakes its callers and the next
+    leader, not every thread that waits. Callers pass validated items; if the batched call raises,
+    every caller in that batch gets the error.
     """
 
     def __init__(self, fn: Callable[[list], np.ndarray]):
         self.fn = fn
-        self.lock = threading.Condition()
-        self.queue: list[dict] = []
+        self.lock = threading.Lock()
+        self.queue: list[_Job] = []
         self.busy = False
 
     def __call__(self, items: list) -> np.ndarray:
-        job = {"items": items, "done": False, "out": None, "error": None}
+        job = _Job(items)
         with self.lock:
             self.queue.append(job)
-            while self.busy and not job["done"]:
-                self.lock.wait()
-            if job["done"]:  # another caller ran it in its batch
-                return self._result(job)
+            lead = not self.busy
             self.busy = True
+        if not lead:
+            job.wake.wait()
+            if job.done:  # another caller ran it in its batch
+                return job.result()
+        # this caller leads: it runs every job queued by now (its own among them)
+        with self.lock:
             batch, self.queue = self.queue, []
         try:
-            out = self.fn([item for j in batch for item in j["items"]])
+            out = self.fn([item for j in batch for item in j.items])
             start = 0
             for j in batch:
-                j["out"], start = out[start : start + len(j["items"])], start + len(j["items"])
+                j.out, start = out[start : start + len(j.items)], start + len(j.items)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
             for j in batch:
-                j["error"] = exc
+                j.error = exc
         finally:
+            for j in batch:
+                j.done = True
+                if j is not job:
+                    j.wake.set()
             with self.lock:
-                for j in batch:
-                    j["done"] = True
-                self.busy = False
-                self.lock.notify_all()
-        return self._result(job)
+                if self.queue:
+                    self.queue[0].wake.set()  # the next leader; busy stays True
+                else:
+                    self.busy = False
+        return job.result()
 
-    @staticmethod
-    def _result(job: dict) -> np.ndarray:
-        if job["error"] is not None:
-            raise job["error"]
-        return job["out"]
+
+class _Job:
+    __slots__ = ("items", "wake", "done", "out", "error")
+
+    def __init__(self, items: list):
+        self.items, self.wake, self.done, self.out, self.error = items, threading.Event(), False, None, None
+
+    def result(self) -> np.ndarray:
+        if self.error is not None:
+            raise self.error
+        return self.out
+
+
+def _runs_in_child(x):
+    raise RuntimeError("this member runs in the models' child process")
+
+
+class ChildProcessModels:
+    """`Recognizer.probabilities` of a members folder, computed in a child process.
+
+    `mlflow models serve` parses HTTP, decodes JSON and answers every request in one Python
+    process, under one GIL; with the models in it too, their Python work (resampling, rendering)
+    queued behind the server's and the server's behind theirs. Here the request's thread hands its
+    batch of validated samples to a child (pickled over a socket pair) and sleeps until the
+    probabilities come back, so server and models run on two cores. With 8 clients on one worker
+    (bench_serving), p50 went from 24-28 to 18-22 ms and p99 from 40-48 to 33-39 ms in four
+    interleaved pairs; it costs the child's memory (about 170 MB) and 2 s at startup.
+
+    The child is `python -m kana.serving <members folder> <fd>`, with the kana package that
+    loaded this one first on its path: it loads the members, says it is ready (or why not), then
+    answers batches until its socket closes, which happens when this process exits. If it dies or
+    takes longer than BATCH_TIMEOUT_S, the batch in flight fails with an error naming what
+    happened and the next batch starts a new child."""
+
+    START_TIMEOUT_S = 300
+    BATCH_TIMEOUT_S = 300
+
+    def __init__(self, members_dir: str):
+        self.members_dir = str(members_dir)
+        self.lock = threading.Lock()
+        self.conn = None
+        self.proc = None
+        self._start()
+
+    def _start(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, KANA_CHILD_PROCESS="0")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_kana_code_dir().parent),
+                                                          env.get("PYTHONPATH")]))
+        # one ONNX Runtime thread: the server's own thread needs the other core
+        env.setdefault("KANA_ORT_THREADS", "1")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kana.serving", self.members_dir, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        ok, message = self._receive(self.START_TIMEOUT_S, "start")
+        if not ok:
+            self._stop(kill=True)
+            raise RuntimeError(f"the models' child process could not load {self.members_dir}: {message}")
+
+    def _receive(self, timeout_s: float, doing: str):
+        """The child's next reply, or an error (the child stopped) after `timeout_s`."""
+        try:
+            if self.conn.poll(timeout_s):
+                return self.conn.recv()
+            problem = f"did not {doing} within {timeout_s:.0f} s"
+        except (EOFError, OSError):
+            problem = f"exited (code {self.proc.wait(timeout=10)})"
+        self._stop(kill=True)
+        raise RuntimeError(f"the models' child process {problem}; the next request starts a new one")
+
+    def _stop(self, kill: bool = False) -> None:
+        """Close our end (a waiting child then exits) and reap the child."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.proc is not None:
+            if kill:
+                self.proc.kill()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - whatever it is doing, it goes
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def __call__(self, parsed: list[np.ndarray]) -> np.ndarray:
+        with self.lock:
+            if self.conn is None:
+                self._start()
+            try:
+                self.conn.send(parsed)
+            except OSError:
+                pass  # the child is gone: _receive says how
+            ok, out = self._receive(self.BATCH_TIMEOUT_S, "answer")
+        if not ok:
+            raise RuntimeError(f"the models' child process failed on this batch: {out}")
+        return out
+
+    def close(self) -> None:
+        with self.lock:
+            self._stop()
+
+    def __del__(self):
+        try:
+            self._stop()
+        except Exception:  # noqa: BLE001 - nothing to report to at interpreter exit
+            pass
+
+
+def _child_process_main(members_dir: str, fd: int) -> None:
+    """The child's side of ChildProcessModels."""
+    import signal
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server; its exit stops us
+    conn = Connection(fd)
+    try:
+        recognizer = Recognizer.from_members_dir(members_dir)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send((False, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send((True, None))
+    settled = False
+    while True:
+        try:
+            parsed = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = (True, recognizer.probabilities(parsed))
+        except Exception as exc:  # noqa: BLE001 - reported to the callers of that batch
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+        if not settled:  # as settle_server_heap does for the server
+            settled = True
+            gc.collect()
+            gc.freeze()
 
 
 MEMBER_FLOOR = 1e-6
@@ -377,3 +550,9 @@ def _pip_requirements() -> list[str]:
         except Exception:
             out.append(p + markers.get(p, ""))
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child_process_main(sys.argv[1], int(sys.argv[2]))

@@ -199,6 +199,39 @@ def test_pyfunc_gives_the_trained_models_predictions(pipeline):
     np.testing.assert_allclose([r["probability"] for r in out], expected.max(axis=1), rtol=1e-5)
 
 
+def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipeline):
+    """What `mlflow models serve` runs: the members in a child process. The same predictions as in
+    process; if the child dies, that batch fails saying so, the next one starts a new child, and
+    closing our end lets the child exit by itself."""
+    from kana.serving import Recognizer
+
+    folder = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion"),
+                          "artifacts", "members")
+    raw = [{i + 1: s for i, s in enumerate(x.strokes)} for x in _real_samples(pipeline, 10)]
+    in_process = Recognizer.from_members_dir(folder)
+    child = Recognizer.from_members_dir(folder, in_child_process=True)
+    models = child.batched_probabilities.fn
+    try:
+        def same(got, want):
+            assert [r["char_id"] for r in got] == [r["char_id"] for r in want]
+            np.testing.assert_allclose([r["top5_probabilities"] for r in got],
+                                       [r["top5_probabilities"] for r in want], rtol=1e-5, atol=1e-7)
+
+        same(child.predict(raw), in_process.predict(raw))
+        same(child.predict(raw[:1]), in_process.predict(raw[:1]))
+        first = models.proc
+        first.kill()
+        first.wait()
+        with pytest.raises(RuntimeError, match=r"child process exited \(code -9\); the next request"):
+            child.predict(raw)
+        same(child.predict(raw), in_process.predict(raw))
+        assert models.proc.pid != first.pid
+        second = models.proc
+    finally:
+        models.close()
+    assert second.returncode == 0  # it saw its socket close and returned; nothing killed it
+
+
 @pytest.mark.parametrize(
     "bad, fragment",
     [
@@ -253,7 +286,8 @@ def _post(port: int, payload, raw: bytes | None = None):
 
 
 @pytest.fixture(scope="module")
-def served(pipeline):
+def server(pipeline):
+    """`mlflow models serve` of the champion: its port and process."""
     port = free_port()
     proc = subprocess.Popen(
         ["mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager",
@@ -273,13 +307,35 @@ def served(pipeline):
                 time.sleep(1)
         else:
             raise RuntimeError("mlflow models serve did not answer /ping in 180 s")
-        yield port
+        yield port, proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def served(server):
+    return server[0]
+
+
+def _process_tree_cmdlines(pid: int) -> list[bytes]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        with open(f"/proc/{p}/task/{p}/children") as fh:
+            todo += [int(c) for c in fh.read().split()]
+        with open(f"/proc/{p}/cmdline", "rb") as fh:
+            out.append(fh.read().replace(b"\0", b" "))
+    return out
+
+
+def test_served_champion_runs_its_models_in_a_child_process(server):
+    port, proc = server
+    assert _post(port, {"inputs": [[[[0.0, 0.5], [0.0, -0.5]]]]})[0] == 200
+    assert sum(b"-m kana.serving" in c for c in _process_tree_cmdlines(proc.pid)) == 1
 
 
 def test_served_champion_answers_raw_dicts_and_stroke_lists(pipeline, served):

@@ -168,3 +168,10 @@ def test_the_heap_is_frozen_once_and_only_in_a_scoring_server(monkeypatch):
         assert gc.get_freeze_count() == after_first
     finally:
         gc.unfreeze()
+
+
+def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path):
+    from kana.serving import ChildProcessModels
+
+    with pytest.raises(RuntimeError, match=r"could not load .*: FileNotFoundError.*members\.json"):
+        ChildProcessModels(str(tmp_path))
