@@ -14,7 +14,9 @@ MLflow store; speed does not depend on the weights. Prints, per model:
   `--workers` count (default: 1, MLflow's default, and 2, one per core here), with the clients'
   connections kept alive (as an app's HTTP client keeps them) and with a new connection per
   request. The same load on a model that does nothing (it answers one constant record per
-  sample) gives the floor that `mlflow models serve` and the clients themselves set here. Each
+  sample) gives the floor that `mlflow models serve` and the clients themselves set here; one
+  that first sleeps 1 ms, as a request's thread does while kana's models run in their child
+  process, gives the floor for any model that makes the request's thread wait. Each
   line also gives the server's CPU time per request (its workers' and their models' child
   processes', and the latter alone) and how the workers shared it: with connections kept alive,
   uvicorn may hand all 8 to one worker. The same load with the models in the server's own
@@ -195,20 +197,26 @@ def _worker_cpu_s(pid: int) -> dict[int, tuple[float, float]]:
     return out
 
 
-def log_floor_model(tmp: Path) -> str:
-    """A pyfunc that answers a constant record per sample: served, it costs what the server and
-    the clients cost and nothing more."""
+def log_floor_model(tmp: Path, wait_s: float = 0.0) -> str:
+    """A pyfunc that answers a constant record per sample, after waiting `wait_s` (sleeping, the
+    GIL released, as a model that runs elsewhere would): served, it costs what the server and the
+    clients cost and nothing more."""
     import mlflow
 
     class Constant(mlflow.pyfunc.PythonModel):
+        def __init__(self, wait_s: float):
+            self.wait_s = wait_s
+
         def predict(self, context, model_input: list[Any], params=None) -> list[dict[str, Any]]:
             from kana.serving import settle_server_heap
 
             settle_server_heap()  # what kana's pyfunc does about the server's garbage collector
+            if self.wait_s:
+                time.sleep(self.wait_s)
             return [{"char_id": "a", "probability": 1.0} for _ in model_input]
 
-    path = tmp / "floor-model"
-    mlflow.pyfunc.save_model(str(path), python_model=Constant(),
+    path = tmp / f"floor-model-{wait_s}"
+    mlflow.pyfunc.save_model(str(path), python_model=Constant(wait_s),
                              input_example=[{"1": [[0.0, 0.1], [0.2, 0.3]]}])
     return str(path)
 
@@ -348,7 +356,8 @@ def main():
             print(f"pyfunc, batches of 1000  : {rate:9,.0f} samples/s          (goal >= 2,000/s)")
         if args.http:
             name, uri = next(iter(uris.items()))
-            floor_uri = log_floor_model(Path(tmp))
+            floors = {"a model that does nothing": log_floor_model(Path(tmp)),
+                      "one that waits 1 ms, then does nothing": log_floor_model(Path(tmp), 0.001)}
             for keep_alive in (True, False):
                 how = "connections kept alive" if keep_alive else "a new connection per request"
                 for workers in args.workers:
@@ -367,12 +376,12 @@ def main():
                           f"p99 {b['p99']:.2f} ms; {b['rps']:.0f} req/s; errors {b['errors']}; "
                           f"CPU {b['cpu_ms_per_request']:.2f} ms per request; kana / baseline: "
                           f"p50 {r['p50'] / b['p50']:.2f}x  p99 {r['p99'] / b['p99']:.2f}x")
-                    f = bench_http(floor_uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
-                    print(f"floor (a model that does nothing, same load): p50 {f['p50']:.2f} ms  "
-                          f"p99 {f['p99']:.2f} ms; {f['rps']:.0f} req/s; errors {f['errors']}; "
-                          f"CPU {f['cpu_ms_per_request']:.2f} ms per request, workers "
-                          + " / ".join(f"{x:.0%}" for x in f["worker_shares"]))
-                    print(f"kana / floor: p50 {r['p50'] / f['p50']:.2f}x  p99 {r['p99'] / f['p99']:.2f}x")
+                    for floor_name, floor_uri in floors.items():
+                        f = bench_http(floor_uri, samples, args.requests, workers=workers, keep_alive=keep_alive)
+                        print(f"floor, {floor_name}: p50 {f['p50']:.2f} ms  p99 {f['p99']:.2f} ms; "
+                              f"{f['rps']:.0f} req/s; errors {f['errors']}; CPU {f['cpu_ms_per_request']:.2f} ms "
+                              "per request, workers " + " / ".join(f"{x:.0%}" for x in f["worker_shares"])
+                              + f"; kana / floor: p50 {r['p50'] / f['p50']:.2f}x  p99 {r['p99'] / f['p99']:.2f}x")
 
 if __name__ == "__main__":
     main()
