@@ -311,8 +311,9 @@ class ChildProcessModels:
     queued behind the server's and the server's behind theirs. Here the request's thread hands its
     batch of validated samples to a child (pickled over a socket pair) and sleeps until the
     probabilities come back, so server and models run on two cores. With 8 clients on one worker
-    (bench_serving), p50 went from 24-28 to 18-22 ms and p99 from 40-48 to 33-39 ms in four
-    interleaved pairs; it costs the child's memory (about 170 MB) and 2 s at startup.
+    (bench_serving, 2 cores), p50 was 18-22 ms against 22-28 and p99 33-40 against 39-48 in five
+    pairs with the models in the server's process (with 2 workers: the same within the noise);
+    it costs the child's memory (about 170 MB) and 2 s at startup.
 
     The child is `python -m kana.serving <members folder> <fd>`, with the kana package that
     loaded this one first on its path: it loads the members, says it is ready (or why not), then
