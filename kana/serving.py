@@ -357,30 +357,35 @@ class ChildProcessModels:
             raise RuntimeError(f"the models' child process could not load {self.members_dir}: {message}")
 
     def _receive(self, timeout_s: float, doing: str):
-        """The child's next reply, or an error (the child stopped) after `timeout_s`."""
+        """The child's next reply; if it has gone or takes longer than `timeout_s`, it is stopped
+        and an error says which."""
         try:
             if self.conn.poll(timeout_s):
                 return self.conn.recv()
             problem = f"did not {doing} within {timeout_s:.0f} s"
         except (EOFError, OSError):
-            problem = f"exited (code {self.proc.wait(timeout=10)})"
-        self._stop(kill=True)
-        raise RuntimeError(f"the models' child process {problem}; the next request starts a new one")
+            problem = "exited (code {code})"
+        code = self._stop(kill=True)
+        raise RuntimeError(f"the models' child process {problem.format(code=code)}; "
+                           "the next request starts a new one")
 
-    def _stop(self, kill: bool = False) -> None:
-        """Close our end (a waiting child then exits) and reap the child."""
+    def _stop(self, kill: bool = False) -> int | None:
+        """Close our end (a waiting child then exits), reap the child; its exit code."""
+        import subprocess
+
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        if self.proc is not None:
-            if kill:
-                self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - whatever it is doing, it goes
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if kill:
+            proc.kill()  # does nothing to a child that has exited already
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
 
     def __call__(self, parsed: list[np.ndarray]) -> np.ndarray:
         with self.lock:
