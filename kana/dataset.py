@@ -83,8 +83,10 @@ def featurize(strokes: list[np.ndarray], n_points: int) -> tuple[np.ndarray, np.
 
 
 def _featurize_chunk(args):
+    """`featurize` of each sample in the chunk, the rasters drawn together."""
     chunk, n_points = args
-    return [featurize(s, n_points) for s in chunk]
+    resampled = [features.resample_for_model(s, n_points) for s in chunk]
+    return list(zip(resampled, features.render_rasters(resampled)))
 
 
 def _synthesize_chunk(args):

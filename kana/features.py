@@ -5,7 +5,8 @@
   geomdl is the reference; here the curve is a cached basis matrix per control-point count, so a
   stroke is one small matrix product (equal to geomdl to ~1e-15, and hundreds of times faster).
 - `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
-  flipped to image convention, drawn with Pillow (width 1) and padded to 32x32.
+  flipped to image convention, drawn with Pillow (width 1) and padded to 32x32. `render_rasters`
+  draws a batch's.
 - `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
   `max_strokes`, then scaled by (a + 1) / 2 as the notebook did; optionally with the character
   fitted to the box first (`fit_box`). `lstm_tensors` builds a batch's at once.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -137,7 +139,19 @@ def render_raster(
     width: int = STROKE_WIDTH,
 ) -> np.ndarray:
     """Resampled strokes (app coords) -> uint8 image (size + 2 pad) squared, ink 255 on 0."""
-    return _draw_strokes(resampled, [255] * len(resampled), size, pad, width)
+    return render_rasters([resampled], size, pad, width)[0]
+
+
+def render_rasters(
+    resampled: list[np.ndarray],
+    size: int = RASTER_SIZE,
+    pad: int = RASTER_PAD,
+    width: int = STROKE_WIDTH,
+) -> np.ndarray:
+    """`render_raster` of each sample, (N, size + 2 pad, size + 2 pad): the same pixels, with
+    the fit computed together for the samples of each stroke count and one image drawn over and
+    over (a batch of 1,000: 49-76 ms instead of 71-146 here)."""
+    return _draw_strokes(resampled, lambda n: [255] * n, size, pad, width)
 
 
 def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int = RASTER_PAD,
@@ -145,19 +159,27 @@ def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int
     """A second raster channel for the CNN: each stroke drawn with an intensity that grows with
     its place in the drawing order, (i + 1) / n of 255 for stroke i of n (later strokes drawn
     over earlier ones), so the network sees the order a raster alone hides."""
-    n = len(resampled)
-    return _draw_strokes(resampled, [round(255 * (i + 1) / n) for i in range(n)], size, pad, width)
+    return _draw_strokes([resampled], lambda n: [round(255 * (i + 1) / n) for i in range(n)],
+                         size, pad, width)[0]
 
 
-def _draw_strokes(resampled: np.ndarray, fills: list[int], size: int, pad: int, width: int) -> np.ndarray:
-    """The strokes fitted into a `size` square (y flipped), each drawn in its fill, then padded."""
-    pixels = fit_to_pixels(to_image_coords(resampled), size, width)
+def _draw_strokes(resampled: list[np.ndarray], fills: Callable[[int], list[int]], size: int, pad: int,
+                  width: int) -> np.ndarray:
+    """Each sample's strokes fitted into a `size` square (y flipped), stroke i of n drawn in
+    fills(n)[i], then padded."""
+    out = np.zeros((len(resampled), size + 2 * pad, size + 2 * pad), dtype=np.uint8)
+    by_shape: dict[tuple, list[int]] = {}
+    for k, r in enumerate(resampled):
+        by_shape.setdefault(np.shape(r), []).append(k)
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
-    for stroke, fill in zip(pixels, fills):
-        draw.line(stroke.ravel().tolist(), fill=fill, width=width)
-    out = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.uint8)
-    out[pad : pad + size, pad : pad + size] = np.asarray(img)
+    for members in by_shape.values():
+        group = to_image_coords(np.stack([resampled[k] for k in members]))
+        for k, pixels in zip(members, fit_to_pixels(group, size, width, batched=True)):
+            draw.rectangle((0, 0, size - 1, size - 1), fill=0)  # what the previous sample left
+            for stroke, fill in zip(pixels, fills(len(pixels))):
+                draw.line(stroke.ravel().tolist(), fill=fill, width=width)
+            out[k, pad : pad + size, pad : pad + size] = np.asarray(img)
     return out
 
 

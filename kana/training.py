@@ -71,7 +71,7 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
     """The model's input batch from resampled strokes (and rasters, when already rendered)."""
     if config.input_kind == "raster":
         if rasters is None:
-            rasters = np.stack([features.render_raster(r) for r in resampled])
+            rasters = features.render_rasters(resampled)
         if not config.stroke_order:
             return raster_batch_to_input(rasters)
         order = np.stack([features.render_order_raster(r) for r in resampled])

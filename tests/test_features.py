@@ -13,6 +13,7 @@ from kana.features import (
     lstm_tensors,
     render_order_raster,
     render_raster,
+    render_rasters,
     resample_stroke,
     resample_stroke_geomdl,
     resample_strokes,
@@ -105,6 +106,19 @@ def test_raster_keeps_aspect_and_centres():
     img = render_raster(resample_strokes(tall))
     cols = np.flatnonzero(img.max(axis=0))
     assert len(cols) == 1 and cols[0] in (15, 16)  # a centred vertical line, not stretched wide
+
+
+def test_a_batch_of_rasters_is_each_sample_drawn_alone():
+    """Drawn together (fits per stroke count, one image reused), every raster is the one the
+    sample gets on its own: nothing of one sample is left in the next."""
+    rng = np.random.default_rng(3)
+    samples = [resample_strokes([rng.uniform(-1, 1, (rng.integers(2, 9), 2)) for _ in range(n)])
+               for n in (1, 3, 1, 2, 3, 3, 1)]
+    batch = render_rasters(samples)
+    assert batch.shape == (7, 32, 32) and batch.dtype == np.uint8
+    for sample, raster in zip(samples, batch):
+        np.testing.assert_array_equal(raster, render_raster(sample))
+    assert render_rasters([]).shape == (0, 32, 32)
 
 
 def test_order_raster_shades_each_stroke_by_its_place_in_the_order():
