@@ -35,7 +35,8 @@ from kana.strokes import (
     RawSample,
     Rejection,
     check_stroke_count,
-    load_raw_dir,
+    iter_raw_files,
+    load_raw_files,
     parse_strokes,
     sample_digest,
 )
@@ -44,6 +45,7 @@ from kana.synth import synthesize_dataset
 SPLITS = ("train", "val", "test")
 SYNTHETIC_SOURCE = "synthetic-kanjivg"
 PARALLEL_MIN_SAMPLES = 2000  # below this, process start-up costs more than it saves
+CHUNK_SAMPLES = 256  # samples (or raw files) a worker takes at a time
 
 
 @dataclass
@@ -87,6 +89,50 @@ def _featurize_chunk(args):
     chunk, n_points = args
     resampled = [features.resample_for_model(s, n_points) for s in chunk]
     return list(zip(resampled, features.render_rasters(resampled)))
+
+
+@dataclass
+class _Candidate:
+    """A sample on its way into the dataset: its strokes until it is featurized, then its
+    features; loaded samples come validated, with their digest and features, from the worker that
+    read them."""
+
+    path: str
+    source: str
+    char_id: str
+    n_strokes: int
+    strokes: list | None = None
+    digest: str | None = None
+    features: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _load_chunk(args) -> tuple[list[_Candidate], list[Rejection]]:
+    """Load, validate, digest and featurize some raw files: only the compact features travel
+    back to the parent process, not the raw strokes (sending those cost as much as reading them)."""
+    raw_dir, paths, class_ids, n_points, max_strokes = args
+    report = load_raw_files(raw_dir, paths, class_ids)
+    out = [_Candidate(s.path, s.source, s.char_id, len(s.strokes),
+                      digest=s.char_id + ":" + sample_digest(s.strokes)) for s in report.samples]
+    # a sample over max_strokes gets no features: the parent refuses it, in order with the rest
+    fits = [k for k, s in enumerate(report.samples) if len(s.strokes) <= max_strokes]
+    for k, f in zip(fits, _featurize_chunk(([report.samples[k].strokes for k in fits], n_points))):
+        out[k].features = f
+    return out, report.rejections
+
+
+def _load_raw(raw_dir: Path, class_ids: set[str], n_points: int, max_strokes: int, workers: int,
+              progress: bool) -> tuple[list[_Candidate], list[Rejection]]:
+    """`load_raw_dir` and `featurize` of every raw file, the files shared among `workers`
+    processes when there are many."""
+    paths = list(iter_raw_files(raw_dir)) if raw_dir.exists() else []
+    tasks = [(raw_dir, paths[i : i + CHUNK_SAMPLES], class_ids, n_points, max_strokes)
+             for i in range(0, len(paths), CHUNK_SAMPLES)]
+    lworkers = workers if len(paths) >= PARALLEL_MIN_SAMPLES else 1
+    candidates, rejections = [], []
+    for part, rejected in _map(_load_chunk, tasks, lworkers, progress and "loading"):
+        candidates += part
+        rejections += rejected
+    return candidates, rejections
 
 
 def _synthesize_chunk(args):
@@ -158,44 +204,49 @@ def build_dataset(
     workers: int | None = None,
     progress: bool = True,
 ) -> tuple[ProcessedDataset, LoadReport]:
-    """Everything before a model sees a sample. Never raises for bad samples: they are reported."""
+    """Everything before a model sees a sample. Never raises for bad samples: they are reported
+    (in the manifest; the LoadReport returned holds what loading the raw files rejected)."""
     classes: list[KanaClass] = list(class_table.class_set(class_set))
     class_ids = [c.char_id for c in classes]
     label_of = {cid: i for i, cid in enumerate(class_ids)}
     max_strokes = max_strokes or class_table.max_strokes(class_set)
     workers = workers or os.cpu_count() or 1
 
-    report = load_raw_dir(raw_dir, set(class_ids)) if raw_dir else LoadReport()
-    candidates = _synthetic_samples(classes, synthetic_per_class, seed, workers, progress)
-    candidates += report.samples
-    rejections = list(report.rejections)
-
-    kept: list[RawSample] = []
-    seen: dict[str, str] = {}
-    for s in candidates:
-        try:
-            strokes = parse_strokes(s.strokes, s.path)  # synthetic samples pass the same checks
+    loaded, load_rejections = (_load_raw(Path(raw_dir), set(class_ids), n_points, max_strokes, workers,
+                                         progress) if raw_dir else ([], []))
+    rejections = list(load_rejections)
+    candidates = []
+    for s in _synthetic_samples(classes, synthetic_per_class, seed, workers, progress):
+        try:  # synthetic samples pass the checks loading gave the others
+            strokes = parse_strokes(s.strokes, s.path)
             check_stroke_count(strokes, s.char_id, s.path)
-            if len(strokes) > max_strokes:
-                raise InvalidSample(
-                    "too_many_strokes", f"{s.path}: {len(strokes)} strokes > max_strokes {max_strokes}"
-                )
         except InvalidSample as exc:
             rejections.append(Rejection(s.path, s.source, s.char_id, exc.reason, str(exc)))
             continue
-        digest = s.char_id + ":" + sample_digest(strokes)
-        if digest in seen:
-            rejections.append(
-                Rejection(s.path, s.source, s.char_id, "duplicate", f"{s.path}: same as {seen[digest]}")
-            )
-            continue
-        seen[digest] = s.path
-        kept.append(RawSample(strokes, s.char_id, s.source, s.path))
+        candidates.append(_Candidate(s.path, s.source, s.char_id, len(strokes), strokes,
+                                     s.char_id + ":" + sample_digest(strokes)))
 
-    chunk = 256
-    tasks = [([k.strokes for k in kept[i : i + chunk]], n_points) for i in range(0, len(kept), chunk)]
-    fworkers = workers if len(kept) >= PARALLEL_MIN_SAMPLES else 1
-    featurized = [f for part in _map(_featurize_chunk, tasks, fworkers, progress and "featurizing") for f in part]
+    kept: list[_Candidate] = []
+    seen: dict[str, str] = {}
+    for c in candidates + loaded:
+        if c.n_strokes > max_strokes:
+            rejections.append(Rejection(c.path, c.source, c.char_id, "too_many_strokes",
+                                        f"{c.path}: {c.n_strokes} strokes > max_strokes {max_strokes}"))
+        elif c.digest in seen:
+            rejections.append(Rejection(c.path, c.source, c.char_id, "duplicate",
+                                        f"{c.path}: same as {seen[c.digest]}"))
+        else:
+            seen[c.digest] = c.path
+            kept.append(c)
+
+    todo = [c for c in kept if c.features is None]
+    tasks = [([c.strokes for c in todo[i : i + CHUNK_SAMPLES]], n_points)
+             for i in range(0, len(todo), CHUNK_SAMPLES)]
+    fworkers = workers if len(todo) >= PARALLEL_MIN_SAMPLES else 1
+    parts = _map(_featurize_chunk, tasks, fworkers, progress and "featurizing")
+    for c, f in zip(todo, (f for part in parts for f in part)):
+        c.features, c.strokes = f, None
+    featurized = [c.features for c in kept]
 
     n = len(kept)
     size = features.RASTER_SIZE + 2 * features.RASTER_PAD
@@ -219,7 +270,7 @@ def build_dataset(
                     "char_id": [k.char_id for k in kept],
                     "label": labels,
                     "split": [SPLITS[c] for c in split],
-                    "n_strokes": [len(k.strokes) for k in kept],
+                    "n_strokes": [k.n_strokes for k in kept],
                     "reason": "",
                     "message": "",
                 }
@@ -253,7 +304,7 @@ def build_dataset(
     }
     ds = ProcessedDataset(meta, rasters, points, offsets, labels, split, manifest)
     ds.meta["digest"] = dataset_digest(ds)
-    return ds, report
+    return ds, LoadReport(rejections=load_rejections)
 
 
 def dataset_digest(ds: ProcessedDataset) -> str:

@@ -341,10 +341,16 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None) -> Load
     rejected as `not_in_class_set`).
     """
     raw_dir = Path(raw_dir)
-    report = LoadReport()
     if not raw_dir.exists():
-        return report
-    for path in iter_raw_files(raw_dir):
+        return LoadReport()
+    return load_raw_files(raw_dir, list(iter_raw_files(raw_dir)), class_ids)
+
+
+def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None = None) -> LoadReport:
+    """`load_raw_dir` for some of the files under `raw_dir` (preprocessing hands each worker a
+    share of them, in order)."""
+    report = LoadReport()
+    for path in paths:
         source = source_of(path, raw_dir)
         name = path.relative_to(raw_dir).as_posix()
         lower = path.name.lower()

@@ -80,3 +80,25 @@ def test_parallel_and_serial_preprocessing_agree():
     a, _ = build_dataset(None, "basic46", synthetic_per_class=50, seed=3, workers=1, progress=False)
     b, _ = build_dataset(None, "basic46", synthetic_per_class=50, seed=3, workers=2, progress=False)
     assert a.meta["digest"] == b.meta["digest"]
+
+
+def test_raw_files_read_by_several_workers_give_the_same_dataset(raw_dir, monkeypatch):
+    """Loading, validating and featurizing raw files in worker processes (as for large folders)
+    keeps every sample, rejection and reason in the order one process gives."""
+    import kana.dataset
+
+    rng = np.random.default_rng(9)
+    for i in range(12):  # more files, with one over the max_strokes below
+        save_app_pickle(synthesize_sample(get_class("ki" if i % 4 else "ke"), rng),
+                        raw_dir / "dave" / f"{'ki' if i % 4 else 'ke'}{i}.pickle")
+    serial, _ = build_dataset(raw_dir, "basic46", synthetic_per_class=1, seed=1, max_strokes=3,
+                              workers=1, progress=False)
+    monkeypatch.setattr(kana.dataset, "PARALLEL_MIN_SAMPLES", 1)
+    monkeypatch.setattr(kana.dataset, "CHUNK_SAMPLES", 3)  # several chunks per worker
+    parallel, _ = build_dataset(raw_dir, "basic46", synthetic_per_class=1, seed=1, max_strokes=3,
+                                workers=2, progress=False)
+    assert parallel.meta == serial.meta
+    assert parallel.manifest.equals(serial.manifest)
+    assert np.array_equal(parallel.rasters, serial.rasters) and np.array_equal(parallel.points, serial.points)
+    reasons = set(serial.manifest.reason)
+    assert {"", "duplicate", "wrong_stroke_count", "unreadable", "too_many_strokes"} <= reasons
