@@ -78,17 +78,15 @@ def raster_batch_to_input(rasters: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- building
 
 
-def featurize(strokes: list[np.ndarray], n_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """One sample -> (resampled strokes float32, raster uint8): the features every model uses."""
-    resampled = features.resample_for_model(strokes, n_points)
-    return resampled, features.render_raster(resampled)
+def featurize(samples: list[list[np.ndarray]], n_points: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Samples -> (resampled strokes float32, raster uint8) each: the features every model uses
+    (the rasters drawn together)."""
+    resampled = [features.resample_for_model(s, n_points) for s in samples]
+    return list(zip(resampled, features.render_rasters(resampled)))
 
 
 def _featurize_chunk(args):
-    """`featurize` of each sample in the chunk, the rasters drawn together."""
-    chunk, n_points = args
-    resampled = [features.resample_for_model(s, n_points) for s in chunk]
-    return list(zip(resampled, features.render_rasters(resampled)))
+    return featurize(*args)
 
 
 @dataclass
@@ -115,7 +113,7 @@ def _load_chunk(args) -> tuple[list[_Candidate], list[Rejection]]:
                       digest=s.char_id + ":" + sample_digest(s.strokes)) for s in report.samples]
     # a sample over max_strokes gets no features: the parent refuses it, in order with the rest
     fits = [k for k, s in enumerate(report.samples) if len(s.strokes) <= max_strokes]
-    for k, f in zip(fits, _featurize_chunk(([report.samples[k].strokes for k in fits], n_points))):
+    for k, f in zip(fits, featurize([report.samples[k].strokes for k in fits], n_points)):
         out[k].features = f
     return out, report.rejections
 

@@ -292,7 +292,7 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
     if not report.samples:
         print(f"real_dir {real_dir}: no usable samples")
         return {"real_n_samples": 0}
-    feats = [featurize(s.strokes, config.n_points) for s in report.samples]
+    feats = featurize([s.strokes for s in report.samples], config.n_points)
     resampled = [f[0] for f in feats]
     rasters = np.stack([f[1] for f in feats])
     y = np.array([label_of[s.char_id] for s in report.samples])
@@ -465,7 +465,7 @@ def kanji_rasters(kanji_classes: int, per_class: int, seed: int) -> tuple[np.nda
     chars = kanji_characters(kanji_classes, seed)
     label_of = {c: i for i, c in enumerate(chars)}
     samples = synthesize_dataset(chars, per_class, seed)
-    rasters = np.stack([featurize(s, features.N_POINTS)[1] for _, s in samples])
+    rasters = np.stack([raster for _, raster in featurize([s for _, s in samples], features.N_POINTS)])
     labels = np.array([label_of[c] for c, _ in samples])
     return rasters, labels, len(chars)
 
