@@ -104,13 +104,18 @@ class _Candidate:
     features: tuple[np.ndarray, np.ndarray] | None = None
 
 
+def _dedupe_key(char_id: str, strokes) -> str:
+    """Samples with the same key are one drawing: the first is kept, the others are duplicates."""
+    return char_id + ":" + sample_digest(strokes)
+
+
 def _load_chunk(args) -> tuple[list[_Candidate], list[Rejection]]:
     """Load, validate, digest and featurize some raw files: only the compact features travel
     back to the parent process, not the raw strokes (sending those cost as much as reading them)."""
     raw_dir, paths, class_ids, n_points, max_strokes = args
     report = load_raw_files(raw_dir, paths, class_ids)
-    out = [_Candidate(s.path, s.source, s.char_id, len(s.strokes),
-                      digest=s.char_id + ":" + sample_digest(s.strokes)) for s in report.samples]
+    out = [_Candidate(s.path, s.source, s.char_id, len(s.strokes), digest=_dedupe_key(s.char_id, s.strokes))
+           for s in report.samples]
     # a sample over max_strokes gets no features: the parent refuses it, in order with the rest
     fits = [k for k, s in enumerate(report.samples) if len(s.strokes) <= max_strokes]
     for k, f in zip(fits, featurize([report.samples[k].strokes for k in fits], n_points)):
@@ -222,7 +227,7 @@ def build_dataset(
             rejections.append(Rejection(s.path, s.source, s.char_id, exc.reason, str(exc)))
             continue
         candidates.append(_Candidate(s.path, s.source, s.char_id, len(strokes), strokes,
-                                     s.char_id + ":" + sample_digest(strokes)))
+                                     _dedupe_key(s.char_id, strokes)))
 
     kept: list[_Candidate] = []
     seen: dict[str, str] = {}

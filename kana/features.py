@@ -163,17 +163,23 @@ def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int
                          size, pad, width)[0]
 
 
+def _by_stroke_count(resampled: list[np.ndarray]) -> dict[int, list[int]]:
+    """Indices of the samples with each stroke count, in order: resampled samples with the same
+    count stack into one array, so a batch's features are computed a group at a time."""
+    groups: dict[int, list[int]] = {}
+    for k, r in enumerate(resampled):
+        groups.setdefault(len(r), []).append(k)
+    return groups
+
+
 def _draw_strokes(resampled: list[np.ndarray], fills: Callable[[int], list[int]], size: int, pad: int,
                   width: int) -> np.ndarray:
     """Each sample's strokes fitted into a `size` square (y flipped), stroke i of n drawn in
     fills(n)[i], then padded."""
     out = np.zeros((len(resampled), size + 2 * pad, size + 2 * pad), dtype=np.uint8)
-    by_shape: dict[tuple, list[int]] = {}
-    for k, r in enumerate(resampled):
-        by_shape.setdefault(np.shape(r), []).append(k)
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
-    for members in by_shape.values():
+    for members in _by_stroke_count(resampled).values():
         group = to_image_coords(np.stack([resampled[k] for k in members]))
         for k, pixels in zip(members, fit_to_pixels(group, size, width, batched=True)):
             draw.rectangle((0, 0, size - 1, size - 1), fill=0)  # what the previous sample left
@@ -234,11 +240,9 @@ def lstm_tensors(resampled: list[np.ndarray], max_strokes: int, fit_box: bool = 
         raise ValueError("no samples")
     n_points = resampled[0].shape[1]
     out = np.zeros((len(resampled), n_points, max_strokes, 4), dtype=np.float32)
-    by_count: dict[int, list[int]] = {}
-    for k, r in enumerate(resampled):
-        if len(r) > max_strokes:
-            raise ValueError(f"{len(r)} strokes, but the features hold at most {max_strokes}")
-        by_count.setdefault(len(r), []).append(k)
+    by_count = _by_stroke_count(resampled)
+    if max(by_count) > max_strokes:
+        raise ValueError(f"{max(by_count)} strokes, but the features hold at most {max_strokes}")
     for n_strokes, ks in by_count.items():
         img = to_image_coords(np.stack([resampled[k] for k in ks]))  # (G, n_strokes, n_points, 2)
         if fit_box:
