@@ -116,7 +116,7 @@ def keras_baselines(model_uri: str, sample):
     for config_path in sorted(local.rglob("kana_config.json")):
         config = ModelConfig.from_json(config_path.read_text())
         model = keras.saving.load_model(config_path.parent / "model.keras", compile=False)
-        x = model_inputs(config, [resample_for_model(parse_strokes(sample), config.n_points)])
+        x = model_inputs(config, [resample_for_model(parse_strokes(sample), *config.resampling)])
         members.append((model, x))
     out = {}
     for name, fn in (("keras predict()", lambda: [m.predict(x, verbose=0) for m, x in members]),

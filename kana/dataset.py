@@ -78,10 +78,11 @@ def raster_batch_to_input(rasters: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- building
 
 
-def featurize(samples: list[list[np.ndarray]], n_points: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def featurize(samples: list[list[np.ndarray]], n_points: int,
+              max_gap: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Samples -> (resampled strokes float32, raster uint8) each: the features every model uses
-    (the rasters drawn together)."""
-    resampled = [features.resample_for_model(s, n_points) for s in samples]
+    (the rasters drawn together; `max_gap`: see `features.resample_for_model`)."""
+    resampled = [features.resample_for_model(s, n_points, max_gap) for s in samples]
     return list(zip(resampled, features.render_rasters(resampled)))
 
 
@@ -112,23 +113,24 @@ def _dedupe_key(char_id: str, strokes) -> str:
 def _load_chunk(args) -> tuple[list[_Candidate], list[Rejection]]:
     """Load, validate, digest and featurize some raw files: only the compact features travel
     back to the parent process, not the raw strokes (sending those cost as much as reading them)."""
-    raw_dir, paths, class_ids, n_points, max_strokes = args
+    raw_dir, paths, class_ids, n_points, max_gap, max_strokes = args
     report = load_raw_files(raw_dir, paths, class_ids)
     out = [_Candidate(s.path, s.source, s.char_id, len(s.strokes), digest=_dedupe_key(s.char_id, s.strokes))
            for s in report.samples]
     # a sample over max_strokes gets no features: the parent refuses it, in order with the rest
     fits = [k for k, s in enumerate(report.samples) if len(s.strokes) <= max_strokes]
-    for k, f in zip(fits, featurize([report.samples[k].strokes for k in fits], n_points)):
+    for k, f in zip(fits, featurize([report.samples[k].strokes for k in fits], n_points,
+                                            max_gap)):
         out[k].features = f
     return out, report.rejections
 
 
-def _load_raw(raw_dir: Path, class_ids: set[str], n_points: int, max_strokes: int, workers: int,
-              progress: bool) -> tuple[list[_Candidate], list[Rejection]]:
+def _load_raw(raw_dir: Path, class_ids: set[str], n_points: int, max_gap: float, max_strokes: int,
+              workers: int, progress: bool) -> tuple[list[_Candidate], list[Rejection]]:
     """`load_raw_dir` and `featurize` of every raw file, the files shared among `workers`
     processes when there are many."""
     paths = list(iter_raw_files(raw_dir)) if raw_dir.exists() else []
-    tasks = [(raw_dir, paths[i : i + CHUNK_SAMPLES], class_ids, n_points, max_strokes)
+    tasks = [(raw_dir, paths[i : i + CHUNK_SAMPLES], class_ids, n_points, max_gap, max_strokes)
              for i in range(0, len(paths), CHUNK_SAMPLES)]
     lworkers = workers if len(paths) >= PARALLEL_MIN_SAMPLES else 1
     candidates, rejections = [], []
@@ -206,17 +208,19 @@ def build_dataset(
     max_strokes: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    max_gap: float = features.MAX_GAP,
 ) -> tuple[ProcessedDataset, LoadReport]:
     """Everything before a model sees a sample. Never raises for bad samples: they are reported
-    (in the manifest; the LoadReport returned holds what loading the raw files rejected)."""
+    (in the manifest; the LoadReport returned holds what loading the raw files rejected).
+    `max_gap`: see `features.resample_for_model` (0: the notebook's spline on the raw points)."""
     classes: list[KanaClass] = list(class_table.class_set(class_set))
     class_ids = [c.char_id for c in classes]
     label_of = {cid: i for i, cid in enumerate(class_ids)}
     max_strokes = max_strokes or class_table.max_strokes(class_set)
     workers = workers or os.cpu_count() or 1
 
-    loaded, load_rejections = (_load_raw(Path(raw_dir), set(class_ids), n_points, max_strokes, workers,
-                                         progress) if raw_dir else ([], []))
+    loaded, load_rejections = (_load_raw(Path(raw_dir), set(class_ids), n_points, max_gap, max_strokes,
+                                         workers, progress) if raw_dir else ([], []))
     rejections = list(load_rejections)
     candidates = []
     for s in _synthetic_samples(classes, synthetic_per_class, seed, workers, progress):
@@ -243,7 +247,7 @@ def build_dataset(
             kept.append(c)
 
     todo = [c for c in kept if c.features is None]
-    tasks = [([c.strokes for c in todo[i : i + CHUNK_SAMPLES]], n_points)
+    tasks = [([c.strokes for c in todo[i : i + CHUNK_SAMPLES]], n_points, max_gap)
              for i in range(0, len(todo), CHUNK_SAMPLES)]
     fworkers = workers if len(todo) >= PARALLEL_MIN_SAMPLES else 1
     parts = _map(_featurize_chunk, tasks, fworkers, progress and "featurizing")
@@ -297,6 +301,7 @@ def build_dataset(
         "class_set": class_set,
         "class_ids": class_ids,
         "n_points": n_points,
+        "max_gap": max_gap,
         "max_strokes": max_strokes,
         "raster_size": size,
         "seed": seed,
@@ -357,11 +362,14 @@ def preprocess(
     n_points: int = features.N_POINTS,
     max_strokes: int = 0,
     workers: int = 0,
+    max_gap: float = features.MAX_GAP,
 ) -> str:
     """MLflow entry point `preprocess`: build the dataset and log it, with its report, to a run.
 
     Returns the run id. The dataset becomes visible to training only when the run FINISHES, after
     every artifact is written, so a crash or a kill midway leaves nothing half-made to pick up.
+    `max_gap`: before the spline, straight runs longer than this share of the character's size get
+    points along them (0: the notebook's spline on the raw points; see `features.fill_long_gaps`).
     """
     import mlflow
 
@@ -374,6 +382,7 @@ def preprocess(
         "synthetic_per_class": synthetic_per_class,
         "seed": seed,
         "n_points": n_points,
+        "max_gap": max_gap,
         "max_strokes": max_strokes or class_table.max_strokes(class_set),
     }
     with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
@@ -389,6 +398,7 @@ def preprocess(
             n_points,
             params["max_strokes"],
             workers or None,
+            max_gap=max_gap,
         )
         meta = ds.meta
         rejected = ds.manifest[ds.manifest.reason != ""]

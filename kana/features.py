@@ -4,6 +4,12 @@
   control points of a clamped uniform degree-3 curve, geomdl's construction, sampled uniformly).
   geomdl is the reference; here the curve is a cached basis matrix per control-point count, so a
   stroke is one small matrix product (equal to geomdl to ~1e-15, and hundreds of times faster).
+- `fill_long_gaps`: points added along a stroke's long straight runs before the spline. The
+  spline does not pass through its control points: a stroke recorded as its turning points alone
+  (pen dictionaries, fast writers) lost its corners, by 5-8% of the character's size in the median
+  and up to a third of it (そ's zigzag became a loop like ろ's). With the runs filled, the curve
+  keeps within about 1% of what was drawn; densely recorded strokes hardly change.
+  `resample_for_model` does both, for training and serving alike.
 - `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
   flipped to image convention, drawn with Pillow (width 1) and padded to 32x32. `render_rasters`
   draws a batch's.
@@ -21,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 N_POINTS = 120
+MAX_GAP = 0.02  # fill_long_gaps' longest run between points, as a share of the character's size
 RASTER_SIZE = 28
 RASTER_PAD = 2
 STROKE_WIDTH = 1
@@ -86,8 +93,34 @@ def resample_strokes(strokes, n_points: int = N_POINTS) -> np.ndarray:
     return out
 
 
-def resample_for_model(strokes, n_points: int = N_POINTS) -> np.ndarray:
-    """Resampled strokes as every model's features start from (float32), in training and serving."""
+def fill_long_gaps(points: np.ndarray, max_gap: float) -> np.ndarray:
+    """A stroke (N, 2) with each segment longer than `max_gap` cut into equal pieces no longer
+    than it: the same path, drawn points kept, so that the B-spline through them as control
+    points follows the path instead of cutting its corners."""
+    points = np.asarray(points, dtype=np.float64)
+    if max_gap <= 0 or len(points) < 2:
+        return points
+    seg = np.diff(points, axis=0)
+    pieces = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / max_gap).astype(np.int64))
+    if (pieces == 1).all():
+        return points
+    which = np.repeat(np.arange(len(seg)), pieces)  # the segment each new point starts on
+    step = np.arange(len(which)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    starts = points[which] + seg[which] * (step / pieces[which])[:, None]
+    return np.vstack([starts, points[-1:]])
+
+
+def resample_for_model(strokes, n_points: int = N_POINTS, max_gap: float = 0.0) -> np.ndarray:
+    """Resampled strokes as every model's features start from (float32), in training and serving.
+
+    `max_gap` > 0: first `fill_long_gaps`, with gaps measured as a share of the character's longer
+    side (so a character drawn small is treated like a big one); 0: the notebook's spline on the
+    raw points, as models trained before the gap filling expect."""
+    if max_gap > 0:
+        allpts = np.vstack([np.asarray(s, dtype=np.float64) for s in strokes])
+        extent = float(np.ptp(allpts, axis=0).max()) if len(allpts) else 0.0
+        if extent > 0:
+            strokes = [fill_long_gaps(s, max_gap * extent) for s in strokes]
     return resample_strokes(strokes, n_points).astype(np.float32)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from kana.features import MAX_GAP
 from kana.tracking import experiment_ids, git_commit, kana_run, log_params
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -54,6 +55,7 @@ def main(
     real_dir: str = "",
     class_set: str = "all",
     synthetic_per_class: int = 240,
+    max_gap: float = MAX_GAP,
     cnn_epochs: int = 12,
     transfer_epochs: int = 8,
     lstm_epochs: int = 12,
@@ -70,10 +72,11 @@ def main(
         log_params({
             "class_set": class_set, "synthetic_per_class": synthetic_per_class,
             "raw_dir": raw_dir, "real_dir": real_dir, "seed": seed, "model_name": model_name,
+            "max_gap": max_gap,
         })
         prep = _get_or_run("preprocess", {
             "raw_dir": raw_dir, "class_set": class_set,
-            "synthetic_per_class": synthetic_per_class, "seed": seed,
+            "synthetic_per_class": synthetic_per_class, "seed": seed, "max_gap": max_gap,
         }, commit, reuse)
         dataset_run_id = prep.info.run_id
         common = {"dataset_run_id": dataset_run_id, "seed": seed, "real_dir": real_dir}

@@ -209,14 +209,14 @@ class Recognizer:
         from kana.features import resample_for_model
         from kana.training import model_inputs
 
-        resampled: dict[int, list] = {}
+        resampled: dict[tuple, list] = {}
         inputs: dict[tuple, np.ndarray] = {}
         outputs = []
         for predict_probs, config in self.members:
-            if config.n_points not in resampled:
-                resampled[config.n_points] = [resample_for_model(s, config.n_points) for s in parsed]
+            if config.resampling not in resampled:
+                resampled[config.resampling] = [resample_for_model(s, *config.resampling) for s in parsed]
             if config.input_key not in inputs:
-                inputs[config.input_key] = model_inputs(config, resampled[config.n_points])
+                inputs[config.input_key] = model_inputs(config, resampled[config.resampling])
             outputs.append(np.asarray(predict_probs(inputs[config.input_key]), dtype=np.float64))
         return combine_probabilities(outputs)
 

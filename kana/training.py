@@ -40,11 +40,17 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
     fit_box: bool = False  # strokes input: the character fitted to the box (see features.lstm_tensor)
     stroke_order: bool = False  # raster input: a second channel with the strokes' order
+    max_gap: float = 0.0  # see features.resample_for_model; 0 for models made before it existed
+
+    @property
+    def resampling(self) -> tuple[int, float]:
+        """What decides the resampled strokes this model's input starts from."""
+        return (self.n_points, self.max_gap)
 
     @property
     def input_key(self) -> tuple:
         """What decides this model's input: models with equal keys take the same input."""
-        return (self.input_kind, self.n_points, self.max_strokes, self.fit_box, self.stroke_order)
+        return (self.input_kind, *self.resampling, self.max_strokes, self.fit_box, self.stroke_order)
 
     @classmethod
     def for_dataset(cls, family: str, meta: dict, dataset_run_id: str = "") -> "ModelConfig":
@@ -54,6 +60,7 @@ class ModelConfig:
             input_kind=FAMILY_INPUT[family],
             class_ids=meta["class_ids"],
             n_points=meta["n_points"],
+            max_gap=meta.get("max_gap", 0.0),
             max_strokes=meta["max_strokes"],
             class_set=meta["class_set"],
             dataset_run_id=dataset_run_id,
@@ -292,7 +299,7 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
     if not report.samples:
         print(f"real_dir {real_dir}: no usable samples")
         return {"real_n_samples": 0}
-    feats = featurize([s.strokes for s in report.samples], config.n_points)
+    feats = featurize([s.strokes for s in report.samples], *config.resampling)
     resampled = [f[0] for f in feats]
     rasters = np.stack([f[1] for f in feats])
     y = np.array([label_of[s.char_id] for s in report.samples])
@@ -465,7 +472,8 @@ def kanji_rasters(kanji_classes: int, per_class: int, seed: int) -> tuple[np.nda
     chars = kanji_characters(kanji_classes, seed)
     label_of = {c: i for i, c in enumerate(chars)}
     samples = synthesize_dataset(chars, per_class, seed)
-    rasters = np.stack([raster for _, raster in featurize([s for _, s in samples], features.N_POINTS)])
+    rasters = np.stack([raster for _, raster in featurize([s for _, s in samples], features.N_POINTS,
+                                                          features.MAX_GAP)])
     labels = np.array([label_of[c] for c, _ in samples])
     return rasters, labels, len(chars)
 
