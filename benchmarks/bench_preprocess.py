@@ -4,7 +4,9 @@
 
 Prints:
 - stroke resampling: kana's cached-basis B-spline vs the notebook's geomdl loop on the same
-  strokes (strokes/s each, the ratio, and the largest difference between them);
+  strokes (strokes/s each, the ratio, and the largest difference between them); and kana's as
+  preprocessing and serving run it, long gaps filled first (`resample_for_model`), with its
+  difference from geomdl's spline through the same filled points;
 - whole preprocessing (load + validate + resample + raster; LSTM tensors are built from the stored
   resampled points at training time and are timed separately, a whole split at once and, as a
   baseline, one sample at a time), in samples/s, from raw app pickles on disk, with 1 worker and
@@ -26,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kana.classes import class_set  # noqa: E402
 from kana.dataset import build_dataset  # noqa: E402
-from kana.features import lstm_tensor, resample_stroke, resample_stroke_geomdl  # noqa: E402
+from kana.features import (  # noqa: E402
+    MAX_GAP,
+    fill_long_gaps,
+    lstm_tensor,
+    resample_for_model,
+    resample_stroke,
+    resample_stroke_geomdl,
+)
 from kana.strokes import save_app_pickle  # noqa: E402
 from kana.synth import synthesize_dataset  # noqa: E402
 from kana.training import ModelConfig, dataset_inputs  # noqa: E402
@@ -62,6 +71,15 @@ def main():
     print(f"kana cached basis    : {kana_rate:12,.0f} strokes/s  ({len(strokes)} strokes)")
     print(f"speed-up             : {kana_rate / geomdl_rate:12,.0f} x   (goal >= 100x)")
     print(f"max |kana - geomdl|  : {worst:12.2e}     (goal <= 1e-9)")
+    t_filled = best_of(lambda: [resample_for_model(sample, 120, MAX_GAP) for _, sample in samples])
+    filled_rate = len(strokes) / t_filled
+    worst_filled = 0.0
+    for _, sample in samples[:100]:
+        for f, r in zip(fill_long_gaps(sample, MAX_GAP), resample_for_model(sample, 120, MAX_GAP)):
+            worst_filled = max(worst_filled, float(np.abs(r - resample_stroke_geomdl(f)).max()))
+    print(f"kana, gaps filled    : {filled_rate:12,.0f} strokes/s  ({filled_rate / geomdl_rate:,.0f} x geomdl; "
+          f"max_gap {MAX_GAP} of the character's size, as preprocessing and serving run it)")
+    print(f"max |that - geomdl through the filled points| : {worst_filled:.2e} (float32 output)")
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"

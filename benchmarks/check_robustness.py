@@ -14,7 +14,10 @@ by default, all classes the models know), read by the Keras models each training
 - one stroke, chosen at random, drawn backwards (from its end to its start);
 - the voicing mark (゛ or ゜) a third of its size, or tapped (each of its strokes 1-3 points
   where it was), on the voiced samples only (が, ぱ, ぎゃ...);
-- a compound's small kana (ゃ, ゅ, ょ) twice its size, nearly as big as the kana before it.
+- a compound's small kana (ゃ, ゅ, ょ) twice its size, nearly as big as the kana before it;
+- recorded as a pen dictionary does, each stroke its turning points alone: the fewest points
+  that stay within 4% of the character's size of its path, or within 8% (about 4 points a stroke
+  on average, as in Tomoe's templates).
 A synthetic check, not real handwriting: it tells which inputs a family depends on.
 """
 
@@ -42,7 +45,7 @@ def placed(strokes, size: float, corner: tuple[int, int]):
 def conditions(rng: np.random.Generator):
     """name -> change(strokes, class_id): the sample redrawn, or None where it does not apply."""
     from kana.classes import get_class
-    from kana.synth import glyph_strokes, resize_voicing_mark, voicing_mark_strokes
+    from kana.synth import glyph_strokes, resize_voicing_mark, turning_points, voicing_mark_strokes
 
     def changed_mark(s, cid, factor):
         """The voicing mark scaled by `factor`, or each of its strokes tapped (factor 0)."""
@@ -65,6 +68,11 @@ def conditions(rng: np.random.Generator):
         centre = np.vstack(s[-n:]).mean(axis=0)
         return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
 
+    def corners_only(s, tolerance):
+        """Each stroke as its turning points alone, within `tolerance` of the character's size."""
+        size = float(np.ptp(np.vstack(s), axis=0).max())
+        return [turning_points(x, tolerance * size) for x in s]
+
     everywhere = {
         "as synthesized": lambda s: s,
         "1/4 of the canvas, top left": lambda s: placed(s, 0.5, (-1, 1)),
@@ -72,6 +80,8 @@ def conditions(rng: np.random.Generator):
         "last two strokes swapped": lambda s: s[:-2] + [s[-1], s[-2]],
         "strokes shuffled": lambda s: [s[i] for i in rng.permutation(len(s))],
         "one stroke drawn backwards": lambda s: reversed_stroke(s, int(rng.integers(len(s)))),
+        "turning points, 4%": lambda s: corners_only(s, 0.04),
+        "turning points, 8%": lambda s: corners_only(s, 0.08),
     }
     return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),

@@ -8,7 +8,8 @@
   spline does not pass through its control points: a stroke recorded as its turning points alone
   (pen dictionaries, fast writers) lost its corners, by 5-8% of the character's size in the median
   and up to a third of it (そ's zigzag became a loop like ろ's). With the runs filled, the curve
-  keeps within about 1% of what was drawn; densely recorded strokes hardly change.
+  keeps within about 1% of what was drawn; densely recorded strokes keep their path (their
+  120 points spread more evenly along fast straight runs).
   `resample_for_model` does both, for training and serving alike.
 - `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
   flipped to image convention, drawn with Pillow (width 1) and padded to 32x32. `render_rasters`
@@ -93,34 +94,41 @@ def resample_strokes(strokes, n_points: int = N_POINTS) -> np.ndarray:
     return out
 
 
-def fill_long_gaps(points: np.ndarray, max_gap: float) -> np.ndarray:
-    """A stroke (N, 2) with each segment longer than `max_gap` cut into equal pieces no longer
-    than it: the same path, drawn points kept, so that the B-spline through them as control
-    points follows the path instead of cutting its corners."""
-    points = np.asarray(points, dtype=np.float64)
-    if max_gap <= 0 or len(points) < 2:
-        return points
-    seg = np.diff(points, axis=0)
-    pieces = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / max_gap).astype(np.int64))
+def fill_long_gaps(strokes, max_gap: float) -> list[np.ndarray]:
+    """A sample's strokes with every segment longer than `max_gap` times the character's longer
+    side cut into equal pieces no longer than that: the same path, drawn points kept, so that the
+    B-spline through them as control points follows the path instead of cutting its corners.
+    Measured against the character, a character drawn small is treated like a big one."""
+    strokes = [np.asarray(s, dtype=np.float64) for s in strokes]
+    if max_gap <= 0 or not strokes:
+        return strokes
+    # every stroke at once, x and y as rows (numpy reduces an (n, 2) array over n many times
+    # slower): the strokes laid end to end, where the jump from a stroke's last point to the
+    # next stroke's first is never cut
+    xy = np.concatenate(strokes).T
+    extent = max(xy[0].max() - xy[0].min(), xy[1].max() - xy[1].min())
+    if extent <= 0:
+        return strokes
+    seg = np.diff(xy, axis=1)
+    pieces = np.maximum(1, np.ceil(np.hypot(seg[0], seg[1]) / (max_gap * extent)).astype(np.int64))
+    bounds = np.cumsum([len(s) for s in strokes])[:-1]
+    pieces[bounds - 1] = 1
     if (pieces == 1).all():
-        return points
-    which = np.repeat(np.arange(len(seg)), pieces)  # the segment each new point starts on
+        return strokes
+    which = np.repeat(np.arange(len(pieces)), pieces)  # the segment each new point starts on
     step = np.arange(len(which)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    starts = points[which] + seg[which] * (step / pieces[which])[:, None]
-    return np.vstack([starts, points[-1:]])
+    filled = np.concatenate([xy[:, which] + seg[:, which] * (step / pieces[which]), xy[:, -1:]], axis=1)
+    moved_to = np.concatenate([[0], np.cumsum(pieces)])  # where each drawn point is now
+    return np.split(filled.T, moved_to[bounds])
 
 
 def resample_for_model(strokes, n_points: int = N_POINTS, max_gap: float = 0.0) -> np.ndarray:
     """Resampled strokes as every model's features start from (float32), in training and serving.
 
-    `max_gap` > 0: first `fill_long_gaps`, with gaps measured as a share of the character's longer
-    side (so a character drawn small is treated like a big one); 0: the notebook's spline on the
-    raw points, as models trained before the gap filling expect."""
+    `max_gap` > 0: `fill_long_gaps` first; 0: the notebook's spline on the raw points, as models
+    trained before the gap filling expect."""
     if max_gap > 0:
-        allpts = np.vstack([np.asarray(s, dtype=np.float64) for s in strokes])
-        extent = float(np.ptp(allpts, axis=0).max()) if len(allpts) else 0.0
-        if extent > 0:
-            strokes = [fill_long_gaps(s, max_gap * extent) for s in strokes]
+        strokes = fill_long_gaps(strokes, max_gap)
     return resample_strokes(strokes, n_points).astype(np.float32)
 
 

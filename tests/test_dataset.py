@@ -102,3 +102,27 @@ def test_raw_files_read_by_several_workers_give_the_same_dataset(raw_dir, monkey
     assert np.array_equal(parallel.rasters, serial.rasters) and np.array_equal(parallel.points, serial.points)
     reasons = set(serial.manifest.reason)
     assert {"", "duplicate", "wrong_stroke_count", "unreadable", "too_many_strokes"} <= reasons
+
+
+def test_every_sample_is_resampled_with_the_datasets_gap_filling(raw_dir, monkeypatch):
+    """Loaded files (read in workers, as large folders are) and synthetic samples alike get the
+    gap filling asked for, and the dataset records it for the models trained on it."""
+    import kana.dataset
+    from kana.features import resample_for_model
+    from kana.strokes import load_pickle_sample
+
+    monkeypatch.setattr(kana.dataset, "PARALLEL_MIN_SAMPLES", 1)
+    for gap in (0.0, 0.05):
+        ds, _ = build_dataset(raw_dir, "basic46", synthetic_per_class=1, seed=1, workers=2,
+                              progress=False, max_gap=gap)
+        assert ds.meta["max_gap"] == gap
+        kept = ds.manifest[ds.manifest.reason == ""].reset_index(drop=True)
+        loaded = kept.index[kept.source != kana.dataset.SYNTHETIC_SOURCE]
+        assert len(loaded) and len(loaded) < len(kept)
+        for i in loaded:
+            strokes = load_pickle_sample(raw_dir / kept.path[i])
+            np.testing.assert_array_equal(ds.points[ds.offsets[i] : ds.offsets[i + 1]],
+                                          resample_for_model(strokes, 120, gap))
+        if gap:
+            assert not np.array_equal(ds.points, plain.points)
+        plain = ds

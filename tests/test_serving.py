@@ -149,6 +149,31 @@ def test_each_member_gets_the_input_its_config_asks_for():
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
 
 
+def test_members_read_strokes_with_the_gap_filling_they_were_trained_with():
+    """A model made before gap filling (max_gap 0) and one made with it, in one ensemble: each
+    gets the raster its training data had."""
+    from kana.classes import class_set
+    from kana.features import render_rasters, resample_for_model
+    from kana.serving import Recognizer
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("basic46")]
+    seen = {}
+
+    def member(max_gap):
+        def predict_probs(x):
+            seen[max_gap] = x[..., 0]
+            return np.full((len(x), len(ids)), 1 / len(ids))
+        return predict_probs, ModelConfig("cnn", "raster", ids, 120, 5, "basic46", max_gap=max_gap)
+
+    zigzag = np.array([[-0.45, 0.72], [0.17, 0.66], [-0.71, 0.1], [0.49, 0.19], [0.0, -0.2], [0.06, -0.7]])
+    Recognizer([member(0.0), member(0.02)]).probabilities([[zigzag]])
+    for gap in (0.0, 0.02):
+        expected = render_rasters([resample_for_model([zigzag], 120, gap)])[0] / 255.0
+        np.testing.assert_allclose(seen[gap][0], expected, atol=1e-6)
+    assert not np.array_equal(seen[0.0], seen[0.02])
+
+
 def test_the_heap_is_frozen_once_and_only_in_a_scoring_server(monkeypatch):
     import gc
 

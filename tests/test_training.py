@@ -57,5 +57,18 @@ def test_model_builders_accept_the_notebooks_settings():
 
 
 def test_model_config_round_trip():
-    config = ModelConfig("lstm", "strokes", ["a", "i"], 120, 4, "basic46", "run1")
+    config = ModelConfig("lstm", "strokes", ["a", "i"], 120, 4, "basic46", "run1", max_gap=0.02)
     assert ModelConfig.from_json(config.to_json()) == config
+
+
+def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
+    """Their kana_config.json and dataset.json have no max_gap: they were trained on the
+    notebook's spline through the raw points, so they must keep it (0), not get the new default."""
+    import json
+
+    old = {"family": "cnn", "input_kind": "raster", "class_ids": ["a"], "n_points": 120,
+           "max_strokes": 4, "class_set": "basic46"}
+    assert ModelConfig.from_json(json.dumps(old)).max_gap == 0.0
+    meta = {"class_ids": ["a"], "n_points": 120, "max_strokes": 4, "class_set": "basic46"}
+    assert ModelConfig.for_dataset("cnn", meta).max_gap == 0.0
+    assert ModelConfig.for_dataset("lstm", {**meta, "max_gap": 0.02}).max_gap == 0.02
