@@ -119,8 +119,8 @@ def _load_chunk(args) -> tuple[list[_Candidate], list[Rejection]]:
            for s in report.samples]
     # a sample over max_strokes gets no features: the parent refuses it, in order with the rest
     fits = [k for k, s in enumerate(report.samples) if len(s.strokes) <= max_strokes]
-    for k, f in zip(fits, featurize([report.samples[k].strokes for k in fits], n_points,
-                                            max_gap)):
+    fitting = [report.samples[k].strokes for k in fits]
+    for k, f in zip(fits, featurize(fitting, n_points, max_gap)):
         out[k].features = f
     return out, report.rejections
 
