@@ -81,8 +81,8 @@ def raster_batch_to_input(rasters: np.ndarray) -> np.ndarray:
 def featurize(samples: list[list[np.ndarray]], n_points: int,
               max_gap: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Samples -> (resampled strokes float32, raster uint8) each: the features every model uses
-    (the rasters drawn together; `max_gap`: see `features.resample_for_model`)."""
-    resampled = [features.resample_for_model(s, n_points, max_gap) for s in samples]
+    (the rasters drawn together; `max_gap`: see `features.resample_samples`)."""
+    resampled = features.resample_samples(samples, n_points, max_gap)
     return list(zip(resampled, features.render_rasters(resampled)))
 
 
@@ -212,7 +212,7 @@ def build_dataset(
 ) -> tuple[ProcessedDataset, LoadReport]:
     """Everything before a model sees a sample. Never raises for bad samples: they are reported
     (in the manifest; the LoadReport returned holds what loading the raw files rejected).
-    `max_gap`: see `features.resample_for_model` (0: the notebook's spline on the raw points)."""
+    `max_gap`: see `features.resample_samples` (0: the notebook's spline on the raw points)."""
     classes: list[KanaClass] = list(class_table.class_set(class_set))
     class_ids = [c.char_id for c in classes]
     label_of = {cid: i for i, cid in enumerate(class_ids)}

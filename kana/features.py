@@ -10,7 +10,7 @@
   and up to a third of it (そ's zigzag became a loop like ろ's). With the runs filled, the curve
   keeps within about 1% of what was drawn; densely recorded strokes keep their path (their
   120 points spread more evenly along fast straight runs).
-  `resample_for_model` does both, for training and serving alike.
+  `resample_samples` does both, for a batch, in training and serving alike.
 - `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
   flipped to image convention, drawn with Pillow (width 1) and padded to 32x32. `render_rasters`
   draws a batch's.
@@ -94,42 +94,68 @@ def resample_strokes(strokes, n_points: int = N_POINTS) -> np.ndarray:
     return out
 
 
-def fill_long_gaps(strokes, max_gap: float) -> list[np.ndarray]:
-    """A sample's strokes with every segment longer than `max_gap` times the character's longer
-    side cut into equal pieces no longer than that: the same path, drawn points kept, so that the
-    B-spline through them as control points follows the path instead of cutting its corners.
-    Measured against the character, a character drawn small is treated like a big one."""
-    strokes = [np.asarray(s, dtype=np.float64) for s in strokes]
-    if max_gap <= 0 or not strokes:
-        return strokes
-    # every stroke at once, x and y as rows (numpy reduces an (n, 2) array over n many times
-    # slower): the strokes laid end to end, where the jump from a stroke's last point to the
-    # next stroke's first is never cut
-    xy = np.concatenate(strokes).T
-    extent = max(xy[0].max() - xy[0].min(), xy[1].max() - xy[1].min())
-    if extent <= 0:
-        return strokes
+def fill_long_gaps(samples: list, max_gap: float) -> list[list[np.ndarray]]:
+    """Each sample's strokes with every segment longer than `max_gap` times that character's
+    longer side cut into equal pieces no longer than that: the same path, drawn points kept, so
+    that the B-spline through them as control points follows the path instead of cutting its
+    corners. Measured against the character, a character drawn small is treated like a big one."""
+    points, stroke_ends = _laid_end_to_end(samples, max_gap)
+    strokes = iter(np.split(points, stroke_ends[:-1]))
+    return [[next(strokes) for _ in sample] for sample in samples]
+
+
+def _laid_end_to_end(samples: list, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every stroke of every sample, gaps filled (`fill_long_gaps`), one after the other: the
+    points (N, 2) and where each stroke ends. A batch in a few array operations (one sample at a
+    time, the filling took as long as the spline)."""
+    strokes = [np.asarray(s, dtype=np.float64) for sample in samples for s in sample]
+    if not strokes:
+        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    stroke_ends = np.cumsum([len(s) for s in strokes])
+    points = np.concatenate(strokes)
+    if max_gap <= 0:
+        return points, stroke_ends
+    points_per_sample = np.array([sum(len(s) for s in sample) for sample in samples])
+    xy = points.T.copy()  # x and y as rows: numpy reduces an (n, 2) array over n many times slower
+    has_points = points_per_sample > 0
+    firsts = (np.cumsum(points_per_sample) - points_per_sample)[has_points]
+    extent = np.zeros(len(samples))
+    extent[has_points] = (np.maximum.reduceat(xy, firsts, axis=1)
+                          - np.minimum.reduceat(xy, firsts, axis=1)).max(axis=0)
+    gap = np.repeat(max_gap * extent, points_per_sample)[:-1]  # for each segment, its sample's
+    gap[gap <= 0] = np.inf  # a dot, or a sample that is one: nothing to cut
     seg = np.diff(xy, axis=1)
-    pieces = np.maximum(1, np.ceil(np.hypot(seg[0], seg[1]) / (max_gap * extent)).astype(np.int64))
-    bounds = np.cumsum([len(s) for s in strokes])[:-1]
-    pieces[bounds - 1] = 1
+    pieces = np.maximum(1, np.ceil(np.hypot(seg[0], seg[1]) / gap)).astype(np.int64)
+    pieces[stroke_ends[:-1] - 1] = 1  # the jump from one stroke to the next is not cut
     if (pieces == 1).all():
-        return strokes
-    which = np.repeat(np.arange(len(pieces)), pieces)  # the segment each new point starts on
-    step = np.arange(len(which)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    filled = np.concatenate([xy[:, which] + seg[:, which] * (step / pieces[which]), xy[:, -1:]], axis=1)
-    moved_to = np.concatenate([[0], np.cumsum(pieces)])  # where each drawn point is now
-    return np.split(filled.T, moved_to[bounds])
+        return points, stroke_ends
+    # segment i becomes pieces[i] points, evenly along it: the drawn points move to moved_to, and
+    # the new ones are interpolated between them
+    moved_to = np.concatenate([[0], np.cumsum(pieces)])
+    at = np.arange(moved_to[-1] + 1)
+    filled = np.column_stack([np.interp(at, moved_to, xy[0]), np.interp(at, moved_to, xy[1])])
+    return filled, moved_to[stroke_ends - 1] + 1
 
 
-def resample_for_model(strokes, n_points: int = N_POINTS, max_gap: float = 0.0) -> np.ndarray:
-    """Resampled strokes as every model's features start from (float32), in training and serving.
+def resample_samples(samples: list, n_points: int = N_POINTS, max_gap: float = 0.0) -> list[np.ndarray]:
+    """Each sample's resampled strokes, (n_strokes, n_points, 2) float32: what every model's
+    features start from, in training and serving.
 
     `max_gap` > 0: `fill_long_gaps` first; 0: the notebook's spline on the raw points, as models
     trained before the gap filling expect."""
-    if max_gap > 0:
-        strokes = fill_long_gaps(strokes, max_gap)
-    return resample_strokes(strokes, n_points).astype(np.float32)
+    points, stroke_ends = _laid_end_to_end(samples, max_gap)
+    out = np.empty((len(stroke_ends), n_points, 2), dtype=np.float32)
+    start = 0
+    for i, end in enumerate(stroke_ends.tolist()):
+        out[i] = bspline_basis(end - start, n_points) @ points[start:end]
+        start = end
+    firsts = np.cumsum([0] + [len(sample) for sample in samples])
+    return [out[a:b] for a, b in zip(firsts[:-1], firsts[1:])]
+
+
+def resample_for_model(strokes, n_points: int = N_POINTS, max_gap: float = 0.0) -> np.ndarray:
+    """`resample_samples` of one sample."""
+    return resample_samples([strokes], n_points, max_gap)[0]
 
 
 def resample_stroke_geomdl(points: np.ndarray, n_points: int = N_POINTS) -> np.ndarray:

@@ -206,7 +206,7 @@ class Recognizer:
     def probabilities(self, parsed: list[list[np.ndarray]]) -> np.ndarray:
         """Each member's input (as training made it, shared where members take the same), its
         probabilities, and their geometric mean when there are several."""
-        from kana.features import resample_for_model
+        from kana.features import resample_samples
         from kana.training import model_inputs
 
         resampled: dict[tuple, list] = {}
@@ -214,7 +214,7 @@ class Recognizer:
         outputs = []
         for predict_probs, config in self.members:
             if config.resampling not in resampled:
-                resampled[config.resampling] = [resample_for_model(s, *config.resampling) for s in parsed]
+                resampled[config.resampling] = resample_samples(parsed, *config.resampling)
             if config.input_key not in inputs:
                 inputs[config.input_key] = model_inputs(config, resampled[config.resampling])
             outputs.append(np.asarray(predict_probs(inputs[config.input_key]), dtype=np.float64))

@@ -40,7 +40,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
     fit_box: bool = False  # strokes input: the character fitted to the box (see features.lstm_tensor)
     stroke_order: bool = False  # raster input: a second channel with the strokes' order
-    max_gap: float = 0.0  # see features.resample_for_model; 0 for models made before it existed
+    max_gap: float = 0.0  # see features.resample_samples; 0 for models made before it existed
 
     @property
     def resampling(self) -> tuple[int, float]:

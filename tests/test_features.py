@@ -16,6 +16,7 @@ from kana.features import (
     render_raster,
     render_rasters,
     resample_for_model,
+    resample_samples,
     resample_stroke,
     resample_stroke_geomdl,
     resample_strokes,
@@ -97,14 +98,14 @@ def test_long_gaps_are_cut_into_equal_pieces_and_drawn_points_kept():
     first = np.array([[0.0, 0.0], [0.1, 0.0], [0.1, 0.01], [0.1, 0.01]])
     second = np.array([[0.0, 0.05]])
     third = np.array([[0.0, 0.1], [0.0, 0.04]])
-    filled = fill_long_gaps([first, second, third], 0.3)
+    filled = fill_long_gaps([[first, second, third]], 0.3)[0]
     assert len(filled) == 3
     np.testing.assert_allclose(filled[0], [[0, 0], [0.025, 0], [0.05, 0], [0.075, 0], [0.1, 0],
                                            [0.1, 0.01], [0.1, 0.01]])
     np.testing.assert_array_equal(filled[1], second)
     np.testing.assert_allclose(filled[2], [[0, 0.1], [0, 0.08], [0, 0.06], [0, 0.04]])
-    for nothing_to_fill in (fill_long_gaps([first], 2.0), fill_long_gaps([first], 0.0),
-                            fill_long_gaps([first[:1]], 0.01)):
+    for [nothing_to_fill] in (fill_long_gaps([[first]], 2.0), fill_long_gaps([[first]], 0.0),
+                              fill_long_gaps([[first[:1]]], 0.01)):
         np.testing.assert_array_equal(nothing_to_fill[0], first[: len(nothing_to_fill[0])])
 
 
@@ -131,11 +132,15 @@ def test_a_stroke_of_turning_points_keeps_its_corners_once_its_gaps_are_filled()
     np.testing.assert_array_equal(plain, resample_strokes([ZIGZAG])[0].astype(np.float32))
 
 
-def test_gaps_are_measured_against_the_characters_size():
+def test_gaps_are_measured_against_each_characters_size_also_in_a_batch():
     small = [ZIGZAG * 0.2, ZIGZAG[:2] * 0.2 + 0.5]
     big = [s * 5 for s in small]
-    np.testing.assert_allclose(resample_for_model(small, max_gap=0.02) * 5,
-                               resample_for_model(big, max_gap=0.02), atol=1e-5)
+    dot = [np.array([[0.3, 0.3]])]
+    batch = resample_samples([small, dot, big, [NOTEBOOK_STROKE]], max_gap=0.02)
+    np.testing.assert_allclose(batch[0] * 5, batch[2], atol=1e-5)
+    for sample, resampled in zip([small, dot, big, [NOTEBOOK_STROKE]], batch):
+        np.testing.assert_array_equal(resampled, resample_for_model(sample, max_gap=0.02))
+    np.testing.assert_array_equal(batch[1], np.full((1, 120, 2), 0.3, dtype=np.float32))
     # a densely recorded stroke keeps its path, closer still to what was drawn
     plain, filled = resample_for_model([NOTEBOOK_STROKE])[0], resample_for_model([NOTEBOOK_STROKE], max_gap=0.02)[0]
     assert _polyline_distance(filled, plain).max() < 0.02
