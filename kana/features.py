@@ -147,7 +147,7 @@ def resample_samples(samples: list, n_points: int = N_POINTS, max_gap: float = 0
     out = np.empty((len(stroke_ends), n_points, 2), dtype=np.float32)
     start = 0
     for i, end in enumerate(stroke_ends.tolist()):
-        out[i] = bspline_basis(end - start, n_points) @ points[start:end]
+        out[i] = resample_stroke(points[start:end], n_points)
         start = end
     firsts = np.cumsum([0] + [len(sample) for sample in samples])
     return [out[a:b] for a, b in zip(firsts[:-1], firsts[1:])]
