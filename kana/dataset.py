@@ -213,6 +213,8 @@ def build_dataset(
     """Everything before a model sees a sample. Never raises for bad samples: they are reported
     (in the manifest; the LoadReport returned holds what loading the raw files rejected).
     `max_gap`: see `features.resample_samples` (0: the notebook's spline on the raw points)."""
+    if not max_gap >= 0:  # NaN too
+        raise ValueError(f"max_gap must be 0 (off) or a positive share of the character's size, got {max_gap}")
     classes: list[KanaClass] = list(class_table.class_set(class_set))
     class_ids = [c.char_id for c in classes]
     label_of = {cid: i for i, cid in enumerate(class_ids)}

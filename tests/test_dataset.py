@@ -126,3 +126,9 @@ def test_every_sample_is_resampled_with_the_datasets_gap_filling(raw_dir, monkey
         if gap:
             assert not np.array_equal(ds.points, plain.points)
         plain = ds
+
+
+@pytest.mark.parametrize("gap", [-0.02, float("nan")])
+def test_a_gap_that_is_not_a_share_of_the_size_is_refused_by_name(gap):
+    with pytest.raises(ValueError, match="max_gap"):
+        build_dataset(None, "basic46", synthetic_per_class=1, seed=1, progress=False, max_gap=gap)
