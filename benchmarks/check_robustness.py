@@ -4,6 +4,7 @@ a stroke drawn backwards.
 
     python benchmarks/check_robustness.py                              # the champion's members
     python benchmarks/check_robustness.py --run-ids RUN_ID [RUN_ID ...]  # any training runs
+    python benchmarks/check_robustness.py --wrong-count-weight 1          # the stroke-count prior off
 
 Fresh synthetic samples in the textbook stroke order (a seed training does not use, 3 per class
 by default, all classes the models know), read by the Keras models each training run logged, one row per condition:
@@ -17,7 +18,10 @@ by default, all classes the models know), read by the Keras models each training
 - a compound's small kana (ゃ, ゅ, ょ) twice its size, nearly as big as the kana before it;
 - recorded as a pen dictionary does, each stroke its turning points alone: the fewest points
   that stay within 4% of the character's size of its path, or within 8% (about 4 points a stroke
-  on average, as in Tomoe's templates).
+  on average, as in Tomoe's templates);
+- a stroke count the class's table does not allow, which training never shows and the models'
+  stroke-count prior weighs against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into
+  one where the table allows no fewer, or a stray dot (1-3 points) added where it allows no more.
 A synthetic check, not real handwriting: it tells which inputs a family depends on.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +47,11 @@ def placed(strokes, size: float, corner: tuple[int, int]):
     return [np.clip((s - (lo + hi) / 2) / extent * size + offset, -1, 1) for s in strokes]
 
 
-def conditions(rng: np.random.Generator):
+def conditions(rng: np.random.Generator, max_strokes: int = 9):
     """name -> change(strokes, class_id): the sample redrawn, or None where it does not apply."""
     from kana.classes import get_class
-    from kana.synth import glyph_strokes, resize_voicing_mark, turning_points, voicing_mark_strokes
+    from kana.synth import (glyph_strokes, join_strokes, resize_voicing_mark, turning_points,
+                            voicing_mark_strokes)
 
     def changed_mark(s, cid, factor):
         """The voicing mark scaled by `factor`, or each of its strokes tapped (factor 0)."""
@@ -68,6 +74,23 @@ def conditions(rng: np.random.Generator):
         centre = np.vstack(s[-n:]).mean(axis=0)
         return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
 
+    def joined_off_table(s, cid):
+        """The two strokes with the closest end-to-start gap joined, where the table allows no
+        fewer strokes."""
+        if len(s) - 1 in get_class(cid).stroke_counts:
+            return None
+        return join_strokes(s, len(s) - 1, rng)
+
+    def stray_dot(s, cid):
+        """A dot of 1-3 points near the ink, before a random stroke, where the table allows no
+        more strokes (and the models' input has room for one)."""
+        if len(s) + 1 in get_class(cid).stroke_counts or len(s) + 1 > max_strokes:
+            return None
+        pts = np.vstack(s)
+        dot = pts[rng.integers(len(pts))] + rng.normal(0, 0.02, 2)
+        k = int(rng.integers(len(s) + 1))
+        return s[:k] + [np.clip(dot + rng.normal(0, 0.003, (int(rng.integers(1, 4)), 2)), -1, 1)] + s[k:]
+
     def corners_only(s, tolerance):
         """Each stroke as its turning points alone, within `tolerance` of the character's size."""
         size = float(np.ptp(np.vstack(s), axis=0).max())
@@ -86,7 +109,9 @@ def conditions(rng: np.random.Generator):
     return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
             "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0),
-            "small kana twice its size": big_small_kana}
+            "small kana twice its size": big_small_kana,
+            "two strokes joined, off the table": joined_off_table,
+            "a stray dot, off the table": stray_dot}
 
 
 def reversed_stroke(strokes, k: int):
@@ -107,6 +132,9 @@ def main():
     parser.add_argument("--run-ids", nargs="+", help="training runs (default: the champion's members)")
     parser.add_argument("--model-name", default="kana-classifier")
     parser.add_argument("--per-class", type=int, default=3)
+    parser.add_argument("--wrong-count-weight", type=float,
+                        help="the stroke-count prior's weight for every model (default: each "
+                             "model's own; 1 turns it off)")
     args = parser.parse_args()
 
     client = MlflowClient()
@@ -116,6 +144,8 @@ def main():
     for run_id in run_ids:
         run = client.get_run(run_id)
         config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/kana_config.json"))
+        if args.wrong_count_weight is not None:
+            config = replace(config, wrong_count_weight=args.wrong_count_weight)
         model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
         members[f"{run.data.tags['model_family']} {run_id[:6]}"] = Recognizer.from_keras([(model, config)])
     class_ids = next(iter(members.values())).config.class_ids
@@ -129,15 +159,16 @@ def main():
     labels = np.array(class_ids)
     print(f"{len(base)} synthetic samples of {len(class_ids)} classes (seed 2024, samples with >= 2 strokes)")
     names = list(members) + (["ensemble"] if len(members) > 1 else [])
-    print(f"{'condition':26s}{'samples':>8s}" + "".join(f"{n:>18s}" for n in names))
-    for label, change in conditions(rng).items():
+    print(f"{'condition':34s}{'samples':>8s}" + "".join(f"{n:>18s}" for n in names))
+    max_strokes = min(r.max_strokes for r in members.values())
+    for label, change in conditions(rng, max_strokes).items():
         changed = [(k, change(s, cid)) for k, (cid, s) in enumerate(base)]
         kept = [k for k, c in changed if c is not None]
         samples = [c for _, c in changed if c is not None]
         probs = {n: r.probabilities(samples) for n, r in members.items()}
         if len(members) > 1:
             probs["ensemble"] = combine_probabilities(list(probs.values()))
-        print(f"{label:26s}{len(samples):8d}"
+        print(f"{label:34s}{len(samples):8d}"
               + "".join(f"{np.mean(labels[p.argmax(1)] == truth[kept]):18.3f}" for p in probs.values()))
 
 

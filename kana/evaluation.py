@@ -73,13 +73,20 @@ def log_split_evaluation(
     class_ids: list[str],
     rasters: np.ndarray,
     names: list[str] | None = None,
+    net_probs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Log the per-class table, confusion matrix and a grid of misclassified samples; return the
-    metrics (the caller logs them with the rest of the run's final metrics)."""
+    metrics (the caller logs them with the rest of the run's final metrics).
+
+    `probs` are the model's as served (the stroke count weighed in); `net_probs`, the network's own,
+    add `<prefix>_balanced_accuracy_without_count_prior`, so runs show what the prior adds."""
     y_pred = probs.argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, prefix)
     if not metrics:
         return metrics
+    if net_probs is not None:
+        metrics[f"{prefix}_balanced_accuracy_without_count_prior"] = float(
+            balanced_accuracy_score(y_true, net_probs.argmax(axis=1)))
     log_probabilities(prefix, y_true, probs)
     table = per_class_table(y_true, y_pred, class_ids)
     mlflow.log_table(table, f"evaluation/{prefix}_per_class_metrics.json")

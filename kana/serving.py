@@ -205,19 +205,22 @@ class Recognizer:
 
     def probabilities(self, parsed: list[list[np.ndarray]]) -> np.ndarray:
         """Each member's input (as training made it, shared where members take the same), its
-        probabilities, and their geometric mean when there are several."""
+        probabilities with the samples' stroke counts weighed in (as training scored it), and
+        their geometric mean when there are several."""
         from kana.features import resample_samples
         from kana.training import model_inputs
 
         resampled: dict[tuple, list] = {}
         inputs: dict[tuple, np.ndarray] = {}
+        stroke_counts = [len(strokes) for strokes in parsed]
         outputs = []
         for predict_probs, config in self.members:
             if config.resampling not in resampled:
                 resampled[config.resampling] = resample_samples(parsed, *config.resampling)
             if config.input_key not in inputs:
                 inputs[config.input_key] = model_inputs(config, resampled[config.resampling])
-            outputs.append(np.asarray(predict_probs(inputs[config.input_key]), dtype=np.float64))
+            net_probs = np.asarray(predict_probs(inputs[config.input_key]), dtype=np.float64)
+            outputs.append(config.with_stroke_counts(net_probs, stroke_counts))
         return combine_probabilities(outputs)
 
     def predict(self, samples) -> list[dict[str, Any]]:

@@ -280,7 +280,7 @@ def turning_points(dense: np.ndarray, tolerance: float = 0.04) -> np.ndarray:
     return dense[keep]
 
 
-def _join(strokes: list[np.ndarray], target: int, rng: np.random.Generator,
+def join_strokes(strokes: list[np.ndarray], target: int, rng: np.random.Generator,
           keep_apart: int | None = None) -> list[np.ndarray]:
     """Join consecutive strokes (closest end-to-start gaps first) until `target` remain.
 
@@ -449,7 +449,7 @@ def synthesize_sample(
     if allowed_counts:
         fewer = [k for k in allowed_counts if k < len(strokes)]
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
-            strokes = _join(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
+            strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kana import features
+from kana.classes import WRONG_COUNT_WEIGHT, apply_stroke_count_prior
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
 from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
 
@@ -41,6 +42,7 @@ class ModelConfig:
     fit_box: bool = False  # strokes input: the character fitted to the box (see features.lstm_tensor)
     stroke_order: bool = False  # raster input: a second channel with the strokes' order
     max_gap: float = 0.0  # see features.resample_samples; 0 for models made before it existed
+    wrong_count_weight: float = 1.0  # see classes.WRONG_COUNT_WEIGHT; 1 (off) for older models
 
     @property
     def resampling(self) -> tuple[int, float]:
@@ -61,10 +63,15 @@ class ModelConfig:
             class_ids=meta["class_ids"],
             n_points=meta["n_points"],
             max_gap=meta.get("max_gap", 0.0),
+            wrong_count_weight=WRONG_COUNT_WEIGHT,
             max_strokes=meta["max_strokes"],
             class_set=meta["class_set"],
             dataset_run_id=dataset_run_id,
         )
+
+    def with_stroke_counts(self, probs: np.ndarray, stroke_counts) -> np.ndarray:
+        """The network's probabilities -> this model's: the samples' stroke counts weighed in."""
+        return apply_stroke_count_prior(probs, stroke_counts, self.class_ids, self.wrong_count_weight)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -250,13 +257,15 @@ def train_family(
             "epochs_run": len(epoch_seconds),
         }
         names = ds.manifest["path"].tolist()
+        stroke_counts = np.diff(ds.offsets)
         for split in ("val", "test"):
             if len(idx[split]):
-                probs = predict_probs(model, x[split])
+                net_probs = predict_probs(model, x[split])
                 metrics.update(
                     evaluation.log_split_evaluation(
-                        split, y[split], probs, config.class_ids, ds.rasters[idx[split]],
-                        [names[i] for i in idx[split]],
+                        split, y[split], config.with_stroke_counts(net_probs, stroke_counts[idx[split]]),
+                        config.class_ids, ds.rasters[idx[split]], [names[i] for i in idx[split]],
+                        net_probs=net_probs,
                     )
                 )
         if real_dir:
@@ -303,9 +312,11 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
     resampled = [f[0] for f in feats]
     rasters = np.stack([f[1] for f in feats])
     y = np.array([label_of[s.char_id] for s in report.samples])
-    probs = predict_probs(model, model_inputs(config, resampled, rasters))
+    net_probs = predict_probs(model, model_inputs(config, resampled, rasters))
+    probs = config.with_stroke_counts(net_probs, [len(s.strokes) for s in report.samples])
     metrics = evaluation.log_split_evaluation(
-        "real", y, probs, config.class_ids, rasters, [s.path for s in report.samples]
+        "real", y, probs, config.class_ids, rasters, [s.path for s in report.samples],
+        net_probs=net_probs,
     )
     metrics["real_n_samples"] = len(y)
     if report.rejections:

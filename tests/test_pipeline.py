@@ -24,7 +24,8 @@ FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lst
 FINAL_METRICS = [
     "val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy",
     "test_weighted_precision", "test_weighted_recall", "test_weighted_f1", "test_macro_f1",
-    "real_accuracy", "real_balanced_accuracy",
+    "real_accuracy", "real_balanced_accuracy", "val_balanced_accuracy_without_count_prior",
+    "test_balanced_accuracy_without_count_prior", "real_balanced_accuracy_without_count_prior",
 ]
 
 
@@ -197,6 +198,26 @@ def test_pyfunc_gives_the_trained_models_predictions(pipeline):
     top = np.array(members[0][1].class_ids)[expected.argmax(axis=1)]
     assert [r["char_id"] for r in out] == top.tolist()
     np.testing.assert_allclose([r["probability"] for r in out], expected.max(axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_scored_real_samples_as_serving_reads_them(pipeline, family):
+    """What a run logged for the real samples (its metrics, what the ensemble is scored from) is
+    what serving computes from the raw files: the same features, network and stroke-count prior."""
+    from kana.classes import WRONG_COUNT_WEIGHT
+    from kana.evaluation import load_probabilities
+    from kana.serving import Recognizer
+    from kana.training import ModelConfig
+
+    (run,) = pipeline.runs(FAMILIES[family])
+    config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/kana_config.json"))
+    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT
+    model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
+    samples = _real_samples(pipeline, 1000)
+    served = Recognizer.from_keras([(model, config)]).probabilities([s.strokes for s in samples])
+    y_true, logged = load_probabilities(run.info.run_id, "real")
+    assert len(logged) == len(samples) == 46
+    np.testing.assert_allclose(logged, served, atol=1e-5)
 
 
 def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipeline):

@@ -200,3 +200,84 @@ def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"could not load .*: FileNotFoundError.*members\.json"):
         ChildProcessModels(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- the stroke-count prior
+
+
+def test_the_stroke_count_weighs_classes_whose_table_does_not_allow_it():
+    from kana.classes import apply_stroke_count_prior
+
+    # ba has 5 strokes (ha 3 + the two ticks), pa 4 (ha + the circle), ha 3
+    probs = np.array([[0.6, 0.4, 0.0], [0.6, 0.4, 0.0], [0.5, 0.3, 0.2]])
+    out = apply_stroke_count_prior(probs, [4, 5, 3], ["ba", "pa", "ha"], 0.1)
+    # row 0: 0.06 : 0.4 -> pa; row 1: 0.6 : 0.04 -> ba; row 2: 0.05 : 0.03 : 0.2
+    np.testing.assert_allclose(out, [[0.06 / 0.46, 0.4 / 0.46, 0.0], [0.6 / 0.64, 0.04 / 0.64, 0.0],
+                                     [0.05 / 0.28, 0.03 / 0.28, 0.2 / 0.28]])
+    # a class the model finds more than 10x likelier still wins with the wrong count
+    assert apply_stroke_count_prior(np.array([[0.95, 0.05]]), [4], ["ba", "pa"], 0.1).argmax() == 0
+
+
+def test_a_count_no_class_allows_leaves_the_probabilities_as_they_are():
+    from kana.classes import apply_stroke_count_prior
+
+    probs = np.array([[0.7, 0.3], [0.2, 0.8]])
+    np.testing.assert_allclose(apply_stroke_count_prior(probs, [2, 40], ["ba", "pa"], 0.1), probs)
+    assert apply_stroke_count_prior(probs, [4, 4], ["ba", "pa"], 1.0) is probs  # off
+
+
+def _fixed_member(ids, wrong_count_weight=None):
+    """A member that always finds ba 0.6 and pa 0.4 likely (the raster the CNNs see holds no count)."""
+    from kana.training import ModelConfig
+
+    settings = {} if wrong_count_weight is None else {"wrong_count_weight": wrong_count_weight}
+    config = ModelConfig("cnn", "raster", ids, 120, 9, "all", **settings)
+
+    def predict_probs(x):
+        out = np.zeros((len(x), len(ids)), np.float32)
+        out[:, ids.index("ba")], out[:, ids.index("pa")] = 0.6, 0.4
+        return out
+    return predict_probs, config
+
+
+def test_served_predictions_weigh_the_stroke_count_as_training_scored_them():
+    """A model made with the prior reads a 4-stroke sample as pa and a 5-stroke one as ba; a model
+    made before it (its config has no weight) reads both as it always did."""
+    from kana.classes import class_set, get_class
+    from kana.serving import Recognizer
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("all")]
+    rng = np.random.default_rng(3)
+    pa = synthesize_sample(get_class("pa"), rng, allowed_counts=(4,))
+    ba = synthesize_sample(get_class("ba"), rng, allowed_counts=(5,))
+    assert (len(pa), len(ba)) == (4, 5)
+
+    served = Recognizer([_fixed_member(ids, 0.1)]).predict([pa, ba])
+    assert [r["char_id"] for r in served] == ["pa", "ba"]
+    assert served[0]["probability"] == pytest.approx(0.4 / 0.46)
+
+    old = _fixed_member(ids)
+    assert old[1] == ModelConfig.from_json(old[1].to_json())
+    assert old[1].wrong_count_weight == 1.0
+    assert [r["char_id"] for r in Recognizer([old]).predict([pa, ba])] == ["ba", "ba"]
+    # in an ensemble, each member's own weight applies before the mean
+    mixed = Recognizer([_fixed_member(ids, 0.1), old]).probabilities([pa])
+    assert mixed[0, ids.index("pa")] / mixed[0, ids.index("ba")] == pytest.approx(
+        np.sqrt((0.4 / 0.46 * 0.4) / (0.06 / 0.46 * 0.6)))
+
+
+def test_new_models_are_configured_with_the_prior():
+    import json
+
+    from kana.classes import WRONG_COUNT_WEIGHT
+    from kana.training import ModelConfig
+
+    meta = {"class_ids": ["ba", "pa"], "n_points": 120, "max_strokes": 5, "class_set": "all"}
+    config = ModelConfig.for_dataset("cnn", meta)
+    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT < 1.0
+    assert ModelConfig.from_json(config.to_json()) == config
+    fields = json.loads(config.to_json())
+    del fields["wrong_count_weight"]  # as a model made before the prior wrote its config
+    assert ModelConfig.from_json(json.dumps(fields)).wrong_count_weight == 1.0
