@@ -13,11 +13,14 @@
   better validation accuracy per minute) and the Dense layer has 128 units.
 - `augmentation`: the notebook's training distortions (small rotation, shift, shear, zoom; never
   mirrored) as Keras preprocessing layers, applied in the input pipeline only.
+- `distort_pen_paths`: the LSTM's counterpart, on the resampled pen paths before they become its
+  input (the notebook's LSTM had none).
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 
@@ -103,3 +106,23 @@ def augmentation(seed: int) -> keras.Sequential:
         ],
         name="augmentation",
     )
+
+
+def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Each sample's resampled strokes (n_strokes, n_points, 2) redrawn with its own small slant
+    (4 degrees), shear (0.15), aspect (10%) about its centre, and each stroke shifted by up to
+    about 3% of the character's size: every epoch shows the LSTM a new variant of each sample,
+    as `augmentation` does for the CNNs. Position and size need none: the LSTM's input is fitted
+    to the character's box."""
+    out = []
+    for strokes in resampled:
+        pts = strokes.reshape(-1, 2)
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        centre, size = (lo + hi) / 2, max(float((hi - lo).max()), 1e-6)
+        turn = rng.uniform(-4, 4) * np.pi / 180
+        c, s = np.cos(turn), np.sin(turn)
+        m = np.array([[c, -s], [s, c]]) @ np.array([[1.0, rng.uniform(-0.15, 0.15)], [0.0, 1.0]])
+        m = m @ np.diag(rng.uniform(0.9, 1.1, 2))
+        shifts = rng.normal(0.0, 0.015 * size, (len(strokes), 1, 2))
+        out.append(((strokes - centre) @ m.T + centre + shifts).astype(np.float32))
+    return out

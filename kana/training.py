@@ -108,8 +108,10 @@ def peak_rss_mb() -> float:
 
 
 def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience, seed, augment,
-         class_weight, learning_rate):
-    """Compile and fit with early stopping; returns (history dict, seconds per epoch list)."""
+         class_weight, learning_rate, train_batches=None):
+    """Compile and fit with early stopping; returns (history dict, seconds per epoch list).
+    `augment`: rasters distorted by `models.augmentation`; `train_batches`: a PyDataset that makes
+    the training batches itself (the LSTM's distorted pen paths), in place of `x_train`."""
     import keras
     import mlflow
     import tensorflow as tf
@@ -145,7 +147,9 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
             monitor="val_accuracy", patience=patience, restore_best_weights=True
         ),
     ]
-    if augment:
+    if train_batches is not None:
+        fit_args = {"x": train_batches}
+    elif augment:
         aug = augmentation(seed)
         train = (
             tf.data.Dataset.from_tensor_slices((x_train, y_train))
@@ -166,6 +170,37 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
         verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal, a line per epoch in logs
     )
     return history.history, epoch_seconds
+
+
+def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray], labels: np.ndarray,
+                      batch_size: int, seed: int):
+    """The LSTM's training batches, each sample's pen path redrawn by `models.distort_pen_paths`
+    every epoch, then turned into the LSTM's input as serving does. The order and the distortions
+    come from (seed, epoch, batch), so a run repeats exactly."""
+    import keras
+
+    from kana.models import distort_pen_paths
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = np.random.default_rng([seed, 0]).permutation(len(labels))
+
+        def __len__(self):
+            return -(-len(labels) // batch_size)
+
+        def __getitem__(self, i):
+            rows = self.order[i * batch_size : (i + 1) * batch_size]
+            rng = np.random.default_rng([seed, self.epoch, i])
+            paths = distort_pen_paths([resampled[k] for k in rows], rng)
+            return features.lstm_tensors(paths, config.max_strokes, config.fit_box), labels[rows]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(labels))
+
+    return Batches()
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -241,12 +276,17 @@ def train_family(
         x = {s: dataset_inputs(config, ds, i) for s, i in idx.items()}
         y = {s: ds.labels[i] for s, i in idx.items()}
         model = build_model(config, ds)
+        pen_paths = None
+        if augment and config.input_kind == "strokes":
+            pen_paths = distorted_pen_path_batches(
+                config, [ds.resampled(i) for i in idx["train"]], y["train"], batch_size, seed)
         t0 = time.perf_counter()
         history, epoch_seconds = _fit(
             model, x["train"], y["train"], x["val"], y["val"],
-            epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, augment=bool(augment),
+            epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
+            augment=bool(augment) and config.input_kind == "raster",
             class_weight=balanced_class_weights(y["train"], len(config.class_ids)),
-            learning_rate=learning_rate,
+            learning_rate=learning_rate, train_batches=pen_paths,
         )
         train_seconds = time.perf_counter() - t0
 
@@ -356,11 +396,12 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                learning_rate: float = 1e-3, patience: int = 3, units: int = 128,
                dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
-               fit_box: int = 1, seed: int = 127, real_dir: str = "") -> str:
+               fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1) -> str:
     """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
     --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
     cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
-    used the canvas coordinates as drawn)."""
+    used the canvas coordinates as drawn). `augment` redraws each training sample's pen path with
+    a small random slant, shear, aspect and stroke shifts every epoch (`models.distort_pen_paths`)."""
     from kana.models import build_lstm
 
     def build(config, ds):
@@ -372,7 +413,7 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                         "downsample": downsample, "fit_box": fit_box},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
-        input_options={"fit_box": bool(fit_box)},
+        augment=augment, input_options={"fit_box": bool(fit_box)},
     )
 
 

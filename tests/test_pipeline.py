@@ -68,6 +68,7 @@ def test_each_family_logged_comparable_metrics_history_and_artifacts(pipeline, f
     assert run.data.tags["model_family"] == family
     assert run.data.tags["kana.dataset_run_id"] == prep.info.run_id
     assert run.data.params["dataset_digest"] == prep.data.params["dataset_digest"]
+    assert run.data.params["augment"] == "1"  # every family trains on distorted samples
     for name in FINAL_METRICS:
         assert 0.0 <= m[name] <= 1.0, name
     assert m["train_seconds"] > 0 and m["seconds_per_epoch"] > 0 and m["peak_rss_mb"] > 100

@@ -72,3 +72,65 @@ def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_traine
     meta = {"class_ids": ["a"], "n_points": 120, "max_strokes": 4, "class_set": "basic46"}
     assert ModelConfig.for_dataset("cnn", meta).max_gap == 0.0
     assert ModelConfig.for_dataset("lstm", {**meta, "max_gap": 0.02}).max_gap == 0.02
+
+
+def _resampled_samples(n=10, seed=0):
+    from kana.classes import class_set
+    from kana.features import resample_samples
+    from kana.synth import synthesize_sample
+
+    rng = np.random.default_rng(seed)
+    classes = class_set("all")
+    samples = [synthesize_sample(classes[int(rng.integers(len(classes)))], rng) for _ in range(n)]
+    return resample_samples(samples, 120, 0.02)
+
+
+def test_pen_path_distortion_is_small_keeps_the_strokes_and_repeats_with_its_seed():
+    from kana.models import distort_pen_paths
+
+    samples = _resampled_samples()
+    a = distort_pen_paths(samples, np.random.default_rng(5))
+    b = distort_pen_paths(samples, np.random.default_rng(5))
+    c = distort_pen_paths(samples, np.random.default_rng(6))
+    for s, x, y, z in zip(samples, a, b, c):
+        assert x.shape == s.shape and x.dtype == np.float32
+        np.testing.assert_array_equal(x, y)
+        assert not np.allclose(x, z)
+        size = np.ptp(s.reshape(-1, 2), axis=0).max()
+        moved = np.hypot(*(x - s).reshape(-1, 2).T)
+        # 4 degrees, shear 0.15, aspect 10% about the centre, stroke shifts of sigma 1.5% of the size
+        assert 0 < moved.max() < 0.35 * size
+        # each stroke moves as a whole: its shape is an affine image of the original
+        for stroke, new in zip(s, x):
+            fit, *_ = np.linalg.lstsq(np.c_[stroke, np.ones(len(stroke))], new, rcond=None)
+            np.testing.assert_allclose(np.c_[stroke, np.ones(len(stroke))] @ fit, new, atol=1e-5)
+
+
+def test_lstm_training_batches_are_distorted_anew_each_epoch_and_repeat_with_the_seed():
+    from kana.features import lstm_tensors
+    from kana.models import distort_pen_paths
+    from kana.training import distorted_pen_path_batches
+
+    samples = _resampled_samples(10)
+    labels = np.arange(10)
+    config = ModelConfig("lstm", "strokes", [], 120, 9, "all", fit_box=True)
+    batches = distorted_pen_path_batches(config, samples, labels, 4, seed=3)
+    assert len(batches) == 3
+    epoch0 = [batches[i] for i in range(3)]
+    # every sample once per epoch, with its own label, as the LSTM's input made from a distortion
+    rows = np.concatenate([y for _, y in epoch0])
+    assert sorted(rows) == list(range(10))
+    x, y = epoch0[0]
+    expected = lstm_tensors(distort_pen_paths([samples[k] for k in y], np.random.default_rng([3, 0, 0])),
+                            9, fit_box=True)
+    np.testing.assert_array_equal(x, expected)
+    assert not np.array_equal(x, lstm_tensors([samples[k] for k in y], 9, fit_box=True))
+    batches.on_epoch_end()
+    epoch1 = [batches[i] for i in range(3)]
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(epoch0, epoch1))  # reshuffled
+    def input_of(epoch, k):
+        return next(x[list(y).index(k)] for x, y in epoch if k in y)
+    assert all(not np.array_equal(input_of(epoch0, k), input_of(epoch1, k)) for k in range(10))
+    again = distorted_pen_path_batches(config, samples, labels, 4, seed=3)
+    for i in range(3):
+        np.testing.assert_array_equal(again[i][0], epoch0[i][0])
