@@ -110,19 +110,28 @@ def augmentation(seed: int) -> keras.Sequential:
 
 def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Each sample's resampled strokes (n_strokes, n_points, 2) redrawn with its own small slant
-    (4 degrees), shear (0.15), aspect (10%) about its centre, and each stroke shifted by up to
-    about 3% of the character's size: every epoch shows the LSTM a new variant of each sample,
+    (4 degrees), shear (0.15), aspect (10%) about its centre, and each stroke shifted by about
+    1.5% of the character's size (sigma): every epoch shows the LSTM a new variant of each sample,
     as `augmentation` does for the CNNs. Position and size need none: the LSTM's input is fitted
     to the character's box."""
-    out = []
-    for strokes in resampled:
-        pts = strokes.reshape(-1, 2)
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-        centre, size = (lo + hi) / 2, max(float((hi - lo).max()), 1e-6)
-        turn = rng.uniform(-4, 4) * np.pi / 180
-        c, s = np.cos(turn), np.sin(turn)
-        m = np.array([[c, -s], [s, c]]) @ np.array([[1.0, rng.uniform(-0.15, 0.15)], [0.0, 1.0]])
-        m = m @ np.diag(rng.uniform(0.9, 1.1, 2))
-        shifts = rng.normal(0.0, 0.015 * size, (len(strokes), 1, 2))
-        out.append(((strokes - centre) @ m.T + centre + shifts).astype(np.float32))
-    return out
+    n = len(resampled)
+    turn = np.deg2rad(rng.uniform(-4, 4, n))
+    cos, sin = np.cos(turn), np.sin(turn)
+    shear = rng.uniform(-0.15, 0.15, n)
+    # rotation @ shear [[1, h], [0, 1]] @ diag(aspect), one (2, 2) matrix a sample
+    m = np.stack([np.stack([cos, cos * shear - sin], -1), np.stack([sin, sin * shear + cos], -1)], -2)
+    m = m * rng.uniform(0.9, 1.1, (n, 1, 2))
+    # every point of the batch in one array, with its sample's matrix, centre and size
+    counts = np.array([len(strokes) for strokes in resampled])
+    n_points = resampled[0].shape[1]
+    flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
+    ends = np.cumsum(counts * n_points)
+    starts = ends - counts * n_points
+    lo, hi = np.minimum.reduceat(flat, starts), np.maximum.reduceat(flat, starts)
+    centre, size = (lo + hi) / 2, np.maximum((hi - lo).max(axis=1), 1e-6)
+    sample = np.repeat(np.arange(n), counts * n_points)
+    shift = np.repeat(rng.normal(0.0, 0.015, (counts.sum(), 2)), n_points, axis=0)
+    local = flat - centre[sample]
+    moved = np.einsum("pij,pj->pi", m[sample], local) + centre[sample] + shift * size[sample, None]
+    moved = moved.astype(np.float32)
+    return [moved[a:b].reshape(k, n_points, 2) for a, b, k in zip(starts, ends, counts)]
