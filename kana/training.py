@@ -172,8 +172,8 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
     return history.history, epoch_seconds
 
 
-def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray], labels: np.ndarray,
-                      batch_size: int, seed: int):
+def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
+                               labels: np.ndarray, batch_size: int, seed: int):
     """The LSTM's training batches, each sample's pen path redrawn by `models.distort_pen_paths`
     every epoch, then turned into the LSTM's input as serving does. The order and the distortions
     come from (seed, epoch, batch), so a run repeats exactly."""
