@@ -194,12 +194,13 @@ def max_strokes(name: str) -> int:
 
 # A class whose table does not allow a sample's stroke count counts for this much of what a model
 # says of it. Models learn only samples with an allowed count (the notebook's rule, kept), yet a
-# raster carries no count: the CNNs' errors were nearly all ば/ぱ, びゃ/ぴゃ, にゃ/にゅ (the marks
-# and small kana differ by a stroke). With the weight at 0.1, on two sets of models, their test
-# errors fell from 115-129 and 189-191 to 11-12 and 14-19 of 5,184 (the ensemble's from 6-7 to 1-2).
-# A class that a model finds more than 10x likelier than every class with the right count still
-# wins, so a sample with two strokes joined or a stray dot (a count off the table) is not forced
-# wrong; a smaller weight read more of the rest but fewer of those (README, "What to expect").
+# raster carries no count: 112 of the CNN's 115 test errors went to a class whose table does not
+# allow the sample's count (ば/ぱ, びゃ/ぴゃ, にゃ/にゅ: the marks and small kana differ by a stroke).
+# With the weight at 0.1, on two sets of models, the CNNs' test errors fell from 115-129 and
+# 189-191 to 11-12 and 14-19 of 5,184 (the ensemble's from 6-7 to 1-2). A class that a model finds
+# more than 10x likelier than every class with the right count still wins, so a sample with two
+# strokes joined or a stray dot (a count off the table) is not forced wrong; a smaller weight read
+# more of the rest but fewer of those (README, "What to expect").
 WRONG_COUNT_WEIGHT = 0.1
 
 
