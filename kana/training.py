@@ -111,7 +111,7 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
          class_weight, learning_rate, train_batches=None):
     """Compile and fit with early stopping; returns (history dict, seconds per epoch list).
     `augment`: rasters distorted by `models.augmentation`; `train_batches`: a PyDataset that makes
-    the training batches itself (the LSTM's distorted pen paths), in place of `x_train`."""
+    the training batches itself (the LSTM's distorted pen paths), in place of `x_train` (then None)."""
     import keras
     import mlflow
     import tensorflow as tf
@@ -120,7 +120,7 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
 
     # Cosine decay over the planned epochs: short CPU runs end at a low rate, where the
     # validation score settles instead of swinging from epoch to epoch.
-    steps_per_epoch = -(-len(x_train) // batch_size)
+    steps_per_epoch = -(-len(y_train) // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         learning_rate, decay_steps=max(1, epochs * steps_per_epoch), alpha=0.02
     )
@@ -273,16 +273,18 @@ def train_family(
             ),
             context="training",
         )
-        x = {s: dataset_inputs(config, ds, i) for s, i in idx.items()}
         y = {s: ds.labels[i] for s, i in idx.items()}
-        model = build_model(config, ds)
         pen_paths = None
         if augment and config.input_kind == "strokes":
             pen_paths = distorted_pen_path_batches(
                 config, [ds.resampled(i) for i in idx["train"]], y["train"], batch_size, seed)
+        # the LSTM's training input is made batch by batch then: not all at once (300 MB) as well
+        x = {s: dataset_inputs(config, ds, i) for s, i in idx.items()
+             if not (s == "train" and pen_paths is not None)}
+        model = build_model(config, ds)
         t0 = time.perf_counter()
         history, epoch_seconds = _fit(
-            model, x["train"], y["train"], x["val"], y["val"],
+            model, x.get("train"), y["train"], x["val"], y["val"],
             epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
             augment=bool(augment) and config.input_kind == "raster",
             class_weight=balanced_class_weights(y["train"], len(config.class_ids)),
@@ -315,7 +317,7 @@ def train_family(
         # the latest val_accuracy is the restored (best) model's.
         mlflow.log_metrics(metrics, step=len(epoch_seconds))
 
-        example = x["test"][:2] if len(x["test"]) else x["train"][:2]
+        example = x["test"][:2] if len(x["test"]) else dataset_inputs(config, ds, idx["train"][:2])
         signature = mlflow.models.infer_signature(example, predict_probs(model, example))
         info = mlflow.keras.log_model(model, name="model", signature=signature)
         mlflow.log_text(config.to_json(), "kana_config.json")
