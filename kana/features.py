@@ -104,6 +104,13 @@ def fill_long_gaps(samples: list, max_gap: float) -> list[list[np.ndarray]]:
     return [[next(strokes) for _ in sample] for sample in samples]
 
 
+def sample_boxes(xy: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bounding box of each sample of a batch laid end to end: `xy` (2, N) holds x and y as
+    rows (numpy reduces an (N, 2) array over N many times slower), and sample k's points start at
+    `firsts[k]` (every sample has some). Returns the corners lo and hi, each (2, n_samples)."""
+    return np.minimum.reduceat(xy, firsts, axis=1), np.maximum.reduceat(xy, firsts, axis=1)
+
+
 def _laid_end_to_end(samples: list, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
     """Every stroke of every sample, gaps filled (`fill_long_gaps`), one after the other: the
     points (N, 2) and where each stroke ends. A batch in a few array operations (one sample at a
@@ -116,12 +123,11 @@ def _laid_end_to_end(samples: list, max_gap: float) -> tuple[np.ndarray, np.ndar
     if max_gap <= 0:
         return points, stroke_ends
     points_per_sample = np.array([sum(len(s) for s in sample) for sample in samples])
-    xy = points.T.copy()  # x and y as rows: numpy reduces an (n, 2) array over n many times slower
+    xy = points.T.copy()
     has_points = points_per_sample > 0
-    firsts = (np.cumsum(points_per_sample) - points_per_sample)[has_points]
+    lo, hi = sample_boxes(xy, (np.cumsum(points_per_sample) - points_per_sample)[has_points])
     extent = np.zeros(len(samples))
-    extent[has_points] = (np.maximum.reduceat(xy, firsts, axis=1)
-                          - np.minimum.reduceat(xy, firsts, axis=1)).max(axis=0)
+    extent[has_points] = (hi - lo).max(axis=0)
     gap = np.repeat(max_gap * extent, points_per_sample)[:-1]  # for each segment, its sample's
     gap[gap <= 0] = np.inf  # a dot, or a sample that is one: nothing to cut
     seg = np.diff(xy, axis=1)

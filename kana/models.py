@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from kana.features import sample_boxes
+
 
 def build_cnn(
     n_classes: int, input_shape=(32, 32, 1), dense_units: int = 128, batch_norm: bool = True,
@@ -127,8 +129,8 @@ def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> 
     flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
     ends = np.cumsum(counts * n_points)
     starts = ends - counts * n_points
-    lo, hi = np.minimum.reduceat(flat, starts), np.maximum.reduceat(flat, starts)
-    centre, size = (lo + hi) / 2, np.maximum((hi - lo).max(axis=1), 1e-6)
+    lo, hi = sample_boxes(flat.T.copy(), starts)
+    centre, size = ((lo + hi) / 2).T, np.maximum((hi - lo).max(axis=0), 1e-6)
     sample = np.repeat(np.arange(n), counts * n_points)
     shift = np.repeat(rng.normal(0.0, 0.015, (counts.sum(), 2)), n_points, axis=0)
     local = flat - centre[sample]

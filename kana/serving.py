@@ -3,12 +3,13 @@
 `KanaClassifier` carries one trained network or an ensemble of several (one per model family,
 combined by the geometric mean of their probabilities, each with the sample's stroke count
 weighed in as its training was scored: `kana.classes.apply_stroke_count_prior`), each as its
-Keras model and the same network exported to ONNX (what serving runs: ONNX Runtime answers one sample in well under a
-millisecond where a Keras call costs 15-700 ms; every export is checked against Keras before it is
-registered), with its `ModelConfig` (class table, feature settings), and the `kana` package itself
-(logged as code), so a sample is parsed, validated, resampled and rendered by exactly the code
-that prepared the training data. In `mlflow models serve` the models run in a child process
-(`ChildProcessModels`), beside the server's own work instead of under its GIL.
+Keras model and the same network exported to ONNX (what serving runs: ONNX Runtime answers one
+sample in well under a millisecond where a Keras call costs 15-700 ms; every export is checked
+against Keras before it is registered), with its `ModelConfig` (class table, feature settings),
+and the `kana` package itself (logged as code), so a sample is parsed, validated, resampled and
+rendered by exactly the code that prepared the training data. In `mlflow models serve` the models
+run in a child process (`ChildProcessModels`), beside the server's own work instead of under its
+GIL.
 
 Input (`predict`): a list of samples, each the app's raw dict `{1: ndarray (N, 2), ...}`, the same
 with string keys and lists (JSON), `{"strokes": [...]}`, or a plain list of strokes. The `list[Any]`

@@ -281,7 +281,7 @@ def turning_points(dense: np.ndarray, tolerance: float = 0.04) -> np.ndarray:
 
 
 def join_strokes(strokes: list[np.ndarray], target: int, rng: np.random.Generator,
-          keep_apart: int | None = None) -> list[np.ndarray]:
+                 keep_apart: int | None = None) -> list[np.ndarray]:
     """Join consecutive strokes (closest end-to-start gaps first) until `target` remain.
 
     Only the first `keep_apart` strokes may join (a compound's base kana: the table's alternative
