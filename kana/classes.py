@@ -219,6 +219,9 @@ def apply_stroke_count_prior(probs: np.ndarray, stroke_counts, class_ids,
     """Class probabilities (n_samples, n_classes) given each sample's stroke count too: classes
     whose table does not allow the count are weighted by `wrong_count_weight`, then renormalised.
     A weight of 1 returns `probs` as they are (models made before the prior, or with it off)."""
+    if not 0.0 < wrong_count_weight <= 1.0:  # NaN too; 0 would leave nothing when no class fits
+        raise ValueError(f"wrong_count_weight must be in (0, 1] (1: the stroke count ignored), "
+                         f"got {wrong_count_weight}")
     if wrong_count_weight == 1.0 or len(probs) == 0:
         return probs
     table = _allowed_counts(tuple(class_ids))

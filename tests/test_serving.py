@@ -226,6 +226,14 @@ def test_a_count_no_class_allows_leaves_the_probabilities_as_they_are():
     assert apply_stroke_count_prior(probs, [4, 4], ["ba", "pa"], 1.0) is probs  # off
 
 
+@pytest.mark.parametrize("weight", [0.0, -0.1, 1.5, float("nan")])
+def test_a_stroke_count_weight_outside_0_to_1_is_refused_by_name(weight):
+    from kana.classes import apply_stroke_count_prior
+
+    with pytest.raises(ValueError, match="wrong_count_weight"):
+        apply_stroke_count_prior(np.array([[0.7, 0.3]]), [4], ["ba", "pa"], weight)
+
+
 def _fixed_member(ids, wrong_count_weight=None):
     """A member that always finds ba 0.6 and pa 0.4 likely (the raster the CNNs see holds no count)."""
     from kana.training import ModelConfig
