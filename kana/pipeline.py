@@ -1,8 +1,9 @@
 """The `main` entry point: preprocess -> train_cnn, train_transfer, train_lstm -> register.
 
 MLflow's multistep-workflow pattern: each step is `mlflow.run` of this project's own entry point,
-and a FINISHED run of that entry point with the same parameters and the same git commit is reused
-instead of run again (so a rerun of `main` after a crash picks up where it stopped).
+and a FINISHED run of that entry point with the same parameters, the same git commit and the same
+kana code (`kana.tracking.code_digest`, which sees edits not yet committed) is reused instead of
+run again (so a rerun of `main` after a crash picks up where it stopped).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from kana.features import MAX_GAP
-from kana.tracking import experiment_ids, git_commit, kana_run, log_params
+from kana.tracking import (CODE_DIGEST_TAG, code_digest, experiment_ids, git_commit, kana_run,
+                           log_params)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def _already_ran(entry_point: str, parameters: dict, commit: str | None):
-    """A FINISHED run of `entry_point` in this experiment with these params and commit, or None."""
+    """A FINISHED run of `entry_point` in this experiment with these params, commit and kana code,
+    or None. The commit alone misses edits not yet committed: a changed synthesizer would have
+    reused the old data and models."""
     client = MlflowClient()
     runs = client.search_runs(
         experiment_ids(),
@@ -27,8 +31,11 @@ def _already_ran(entry_point: str, parameters: dict, commit: str | None):
         order_by=["attributes.start_time DESC"],
     )
     wanted = {k: str(v) for k, v in parameters.items()}
+    code = code_digest()
     for run in runs:
         if commit and run.data.tags.get("mlflow.source.git.commit") != commit:
+            continue
+        if run.data.tags.get(CODE_DIGEST_TAG) != code:
             continue
         if all(run.data.params.get(k) == v for k, v in wanted.items()):
             return run
@@ -39,7 +46,7 @@ def _get_or_run(entry_point: str, parameters: dict, commit: str | None, reuse: b
     if reuse:
         found = _already_ran(entry_point, parameters, commit)
         if found is not None:
-            print(f"reusing {entry_point} run {found.info.run_id} (same params and code)")
+            print(f"reusing {entry_point} run {found.info.run_id} (same params, commit and kana code)")
             return found
     print(f"running {entry_point} with {parameters}")
     experiment_id = mlflow.active_run().info.experiment_id

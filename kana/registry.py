@@ -25,8 +25,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from kana.serving import code_digest
-from kana.tracking import ENTRY_POINT_TAG, experiment_ids, kana_run, latest_finished_run, log_params
+from kana.tracking import (ENTRY_POINT_TAG, code_digest, experiment_ids, kana_run,
+                           latest_finished_run, log_params)
 
 MODEL_NAME = "kana-classifier"
 CHAMPION = "champion"

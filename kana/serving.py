@@ -512,18 +512,6 @@ def _kana_code_dir() -> Path:
     return Path(kana.__file__).parent
 
 
-def code_digest() -> str:
-    """A digest of the kana source the pyfunc carries (its .py and .html files): the registry
-    tags each version with it, to know which code a champion was packaged with."""
-    import hashlib
-
-    h = hashlib.sha256()
-    root = _kana_code_dir()
-    for path in sorted([*root.glob("*.py"), *root.glob("*.html")]):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
 def log_pyfunc(members: list[tuple[str, str]], registered_model_name: str | None = None):
     """Export every member (Keras model path, kana_config.json path) to ONNX, then log the pyfunc
     (with the kana package as code) in the active run."""

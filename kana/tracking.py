@@ -17,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 ENTRY_POINT_TAG = "kana.entry_point"
+CODE_DIGEST_TAG = "kana.code_digest"  # which kana code made a run (see code_digest)
 
 
 def experiment_name() -> str:
@@ -26,11 +27,13 @@ def experiment_name() -> str:
 
 @contextmanager
 def kana_run(entry_point: str, run_name: str | None = None, tags: dict | None = None):
-    """Start (or, under `mlflow run`, attach to) the run of one entry point, tagged with its name."""
+    """Start (or, under `mlflow run`, attach to) the run of one entry point, tagged with its name
+    and the digest of the kana code that runs it."""
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment_name())
     with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags({ENTRY_POINT_TAG: entry_point, **(tags or {})})
+        mlflow.set_tags({ENTRY_POINT_TAG: entry_point, CODE_DIGEST_TAG: code_digest(),
+                         **(tags or {})})
         if run_name:
             mlflow.set_tag("mlflow.runName", run_name)
         yield run
@@ -101,6 +104,20 @@ def log_figure_png(fig, artifact_file: str) -> None:
 
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)
+
+
+def code_digest() -> str:
+    """A digest of the kana package's source (its .py and .html files, as they are on disk, edits
+    not yet committed included). Every run is tagged with it, so `main` reuses a step only if the
+    same code made it; the registry tags each version with it, to know which code a champion's
+    pyfunc carries."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted([*root.glob("*.py"), *root.glob("*.html")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def git_commit() -> str | None:

@@ -103,3 +103,24 @@ def test_same_seed_and_data_give_the_same_split_and_metrics(tmp_path, monkeypatc
         assert a.data.metrics[key] == b.data.metrics[key], key
     for key in ("loss", "val_loss"):
         assert abs(a.data.metrics[key] - b.data.metrics[key]) <= 1e-4 * abs(a.data.metrics[key]), key
+
+
+def test_main_reuses_a_step_only_if_the_same_kana_code_made_it(tmp_path, monkeypatch):
+    """Same params and commit are not enough: with an edit not yet committed (a changed
+    synthesizer, say) the old dataset and models must not be reused."""
+    from kana.pipeline import _already_ran
+    from kana.tracking import CODE_DIGEST_TAG, code_digest, kana_run
+
+    _store(tmp_path, monkeypatch, "reuse")
+    params = {"class_set": "basic46", "seed": 3}
+    with kana_run("preprocess") as run:
+        mlflow.log_params(params)
+        mlflow.set_tags({"mlflow.project.entryPoint": "preprocess",
+                         "mlflow.source.git.commit": "abc123"})
+    client = MlflowClient()
+    assert client.get_run(run.info.run_id).data.tags[CODE_DIGEST_TAG] == code_digest()
+    assert _already_ran("preprocess", params, "abc123").info.run_id == run.info.run_id
+    assert _already_ran("preprocess", {**params, "seed": 4}, "abc123") is None
+    assert _already_ran("preprocess", params, "def456") is None
+    client.set_tag(run.info.run_id, CODE_DIGEST_TAG, "other-kana-code")
+    assert _already_ran("preprocess", params, "abc123") is None

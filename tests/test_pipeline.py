@@ -286,6 +286,11 @@ def test_rerunning_main_reuses_finished_steps_and_keeps_the_champion(pipeline):
     assert submitted.get_status() == "FINISHED"
     after = {ep: len(pipeline.runs(ep)) for ep in before}
     assert after == before
+    from kana.tracking import CODE_DIGEST_TAG, code_digest
+
+    # every step names the kana code that ran it: an edit, committed or not, is not reused
+    digests = {r.data.tags[CODE_DIGEST_TAG] for ep in before for r in pipeline.runs(ep)}
+    assert digests == {code_digest()}
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
     assert len(pipeline.runs("register")) == 2
     assert pipeline.runs("register")[0].data.tags["champion_changed"] == "false"
