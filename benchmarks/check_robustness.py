@@ -21,7 +21,10 @@ by default, all classes the models know), read by the Keras models each training
   on average, as in Tomoe's templates);
 - a stroke count the class's table does not allow, which training never shows and the models'
   stroke-count prior weighs against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into
-  one where the table allows no fewer, or a stray dot (1-3 points) added where it allows no more.
+  one where the table allows no fewer, or a stray dot (1-3 points) added where it allows no more;
+- a messier writer: fresh samples (another seed) whose strokes stray twice or three times as far
+  from their places, and whose characters bend as much more, as the synthesizer's usual writer
+  (`synthesize_sample(messiness=...)`; training has a third of its samples at 1-2x).
 A synthetic check, not real handwriting: it tells which inputs a family depends on.
 """
 
@@ -151,25 +154,34 @@ def main():
     class_ids = next(iter(members.values())).config.class_ids
 
     rng = np.random.default_rng(2024)
-    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0}
+    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "messiness": 1.0}
     base = [(cid, synthesize_sample(get_class(cid), rng, **textbook))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes
-    truth = np.array([cid for cid, _ in base])
     labels = np.array(class_ids)
     print(f"{len(base)} synthetic samples of {len(class_ids)} classes (seed 2024, samples with >= 2 strokes)")
     names = list(members) + (["ensemble"] if len(members) > 1 else [])
     print(f"{'condition':34s}{'samples':>8s}" + "".join(f"{n:>18s}" for n in names))
-    max_strokes = min(r.max_strokes for r in members.values())
-    for label, change in conditions(rng, max_strokes).items():
-        changed = [(k, change(s, cid)) for k, (cid, s) in enumerate(base)]
-        kept = [k for k, c in changed if c is not None]
-        samples = [c for _, c in changed if c is not None]
+
+    def print_row(label: str, samples: list, truth: list[str]) -> None:
         probs = {n: r.probabilities(samples) for n, r in members.items()}
         if len(members) > 1:
             probs["ensemble"] = combine_probabilities(list(probs.values()))
         print(f"{label:34s}{len(samples):8d}"
-              + "".join(f"{np.mean(labels[p.argmax(1)] == truth[kept]):18.3f}" for p in probs.values()))
+              + "".join(f"{np.mean(labels[p.argmax(1)] == truth):18.3f}" for p in probs.values()))
+
+    max_strokes = min(r.max_strokes for r in members.values())
+    for label, change in conditions(rng, max_strokes).items():
+        changed = [(cid, change(s, cid)) for cid, s in base]
+        print_row(label, [c for _, c in changed if c is not None],
+                  [cid for cid, c in changed if c is not None])
+    for messiness in (2.0, 3.0):
+        messy_rng = np.random.default_rng(2025)
+        writer = {**textbook, "messiness": messiness}
+        messy = [(cid, synthesize_sample(get_class(cid), messy_rng, **writer))
+                 for cid in class_ids for _ in range(args.per_class)]
+        print_row(f"a messier writer, {messiness:g}x", [s for _, s in messy],
+                  [cid for cid, _ in messy])
 
 
 if __name__ == "__main__":

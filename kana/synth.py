@@ -6,7 +6,9 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
 
 - the whole character varies in size, position, slant (rotation), shear and aspect;
 - each stroke is placed a little off (shift, turn, scale about its centre) and wobbles smoothly,
-  and the whole character is bent by a smooth random displacement field;
+  and the whole character is bent by a smooth random displacement field; a third of the samples
+  come from messier writers, whose strokes stray and bend 1-2x as far (the app is a study app,
+  written in with a finger);
 - points are recorded at a fixed rate while the pen moves with a speed profile that slows at
   stroke ends and corners, so points crowd there and thin out on fast straight runs; fast writers
   and pen-input dictionaries give few points per stroke (a quarter of the samples are their
@@ -344,6 +346,7 @@ def resize_voicing_mark(strokes: list[np.ndarray], character: str, factor: float
 
 ORDER_SLIP = 0.1  # share of samples with two consecutive strokes written in the wrong order
 REVERSED_STROKE = 0.05  # share of samples with one stroke drawn from its end to its start
+MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (`messiness`)
 
 
 def _slip_order(strokes: list, rng: np.random.Generator, keep_apart: int | None = None) -> list:
@@ -405,18 +408,26 @@ def synthesize_sample(
     order_slip: float = ORDER_SLIP,
     reversed_stroke: float = REVERSED_STROKE,
     small_marks: float = SMALL_MARKS,
+    messiness: float | None = None,
 ) -> list[np.ndarray]:
     """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
     app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up. `order_slip`: the
     chance of two consecutive strokes in the wrong order, `reversed_stroke`: of one stroke drawn
     backwards (both 0: always the textbook order and directions), `small_marks`: of a voicing
-    mark drawn small (0: KanjiVG's size, give or take the usual per-stroke scatter)."""
+    mark drawn small (0: KanjiVG's size, give or take the usual per-stroke scatter),
+    `messiness`: scales how far each stroke strays from its place and how much the character
+    bends (2: twice as far; default: 1, or for a kana class, for MESSY_WRITERS of the samples,
+    drawn between 1 and 2)."""
+    if messiness is not None and not 0 <= messiness <= 4:
+        raise ValueError(f"messiness must be between 0 and 4, got {messiness}")
     n_base = None
     if isinstance(kana, str):
         strokes = [s.copy() for s in glyph_strokes(kana)]
     else:
         strokes, n_base = _template(kana, rng)
         allowed_counts = allowed_counts or kana.stroke_counts
+        if messiness is None and rng.random() < MESSY_WRITERS:
+            messiness = rng.uniform(1.0, 2.0)
         if rng.random() < small_marks:
             strokes = resize_voicing_mark(strokes, kana.character, rng.uniform(1 / 3, 0.8))
     if (not isinstance(kana, str) and kana.character in SPLIT_FORMS
@@ -431,16 +442,18 @@ def synthesize_sample(
         strokes[k] = strokes[k][::-1]
     strokes = [_densify(s) for s in strokes]
     size = np.ptp(np.vstack(strokes), axis=0).max()
+    messiness = 1.0 if messiness is None else messiness
 
     # per-stroke placement: shift, turn and scale about the stroke's centre
     placed = []
     for s in strokes:
         c = s.mean(axis=0)
-        m = _rotation(rng.normal(0, 0.06)) * rng.uniform(0.88, 1.12)
-        s = (s - c) @ m.T + c + rng.normal(0, 0.025 * size, 2)
-        s = s + _smooth_noise(rng, len(s), 0.012 * size)
+        m = _rotation(rng.normal(0, 0.06 * messiness)) * rng.uniform(1 - 0.12 * messiness,
+                                                                      1 + 0.12 * messiness)
+        s = (s - c) @ m.T + c + rng.normal(0, 0.025 * messiness * size, 2)
+        s = s + _smooth_noise(rng, len(s), 0.012 * messiness * size)
         placed.append(s)
-    strokes = elastic_warp(rng, placed, 0.04 * size)
+    strokes = elastic_warp(rng, placed, 0.04 * messiness * size)
 
     # occasional hooks towards the next stroke, and joined strokes where the class allows it
     for i in range(len(strokes) - 1):

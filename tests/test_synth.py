@@ -1,6 +1,7 @@
 """The KanjiVG synthesizer: the raw app format, allowed stroke counts, determinism, variety."""
 
 import numpy as np
+import pytest
 
 from kana.classes import class_set, get_class
 from kana.strokes import check_stroke_count, parse_strokes
@@ -191,3 +192,40 @@ def test_small_voicing_marks_shrink_the_mark_in_the_recorded_sample():
     small = [mark_extent(synthesize_sample(get_class("ba"), np.random.default_rng(k), small_marks=1.0, **kw))
              for k in range(40)]
     assert np.median(small) < 0.75 * np.median(plain)
+
+
+def _stroke_centre_spread(samples) -> float:
+    """How much the strokes' centres move between samples, with each character fitted to its box."""
+    centres = []
+    for s in samples:
+        pts = np.vstack(s)
+        lo, extent = pts.min(axis=0), np.ptp(pts, axis=0).max()
+        centres.append([(st.mean(axis=0) - lo) / extent for st in s])
+    return float(np.std(np.array(centres), axis=0).mean())
+
+
+def test_messier_writers_place_their_strokes_further_astray(monkeypatch):
+    import kana.synth
+
+    # あ in the textbook order, never joined
+    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "allowed_counts": (3,)}
+
+    def spread(n=100, **kw):
+        rng = np.random.default_rng(4)
+        samples = [synthesize_sample(get_class("a"), rng, **textbook, **kw) for _ in range(n)]
+        return _stroke_centre_spread(samples)
+
+    neat, usual, messy = spread(messiness=0.0), spread(messiness=1.0), spread(messiness=2.0)
+    assert neat < usual < messy
+    assert messy > 1.3 * usual
+    # the default: MESSY_WRITERS of the samples are messier than the usual writer
+    monkeypatch.setattr(kana.synth, "MESSY_WRITERS", 0.0)
+    none_messy = spread()
+    monkeypatch.setattr(kana.synth, "MESSY_WRITERS", 1.0)
+    all_messy = spread()
+    assert none_messy < 1.1 * usual < all_messy < messy
+
+
+def test_messiness_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="messiness"):
+        synthesize_sample(get_class("a"), np.random.default_rng(0), messiness=-1)
