@@ -228,7 +228,7 @@ def build_dataset(
     for s in _synthetic_samples(classes, synthetic_per_class, seed, workers, progress):
         try:  # synthetic samples pass the checks loading gave the others
             strokes = parse_strokes(s.strokes, s.path)
-            check_stroke_count(strokes, s.char_id, s.path)
+            check_stroke_count(strokes, s.char_id, s.path, one_joined_ok=True)
         except InvalidSample as exc:
             rejections.append(Rejection(s.path, s.source, s.char_id, exc.reason, str(exc)))
             continue

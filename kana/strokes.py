@@ -162,10 +162,13 @@ def _parse_stroke(raw, where: str) -> np.ndarray:
     return points
 
 
-def check_stroke_count(strokes: Strokes, char_id: str, where: str = "sample") -> None:
-    """Raise InvalidSample when the stroke count is not one the class allows (the notebook's filter)."""
+def check_stroke_count(strokes: Strokes, char_id: str, where: str = "sample",
+                       one_joined_ok: bool = False) -> None:
+    """Raise InvalidSample when the stroke count is not one the class allows (the notebook's filter).
+    `one_joined_ok`: one stroke fewer passes too (the synthesizer joins two strokes on purpose,
+    `kana.synth.OFF_TABLE_JOINS`)."""
     allowed = get_class(char_id).stroke_counts
-    if len(strokes) not in allowed:
+    if len(strokes) not in allowed and not (one_joined_ok and len(strokes) + 1 in allowed):
         raise InvalidSample(
             "wrong_stroke_count",
             f"{where}: {len(strokes)} strokes, but {char_id} is written with "

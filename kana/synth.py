@@ -13,8 +13,10 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
   stroke ends and corners, so points crowd there and thin out on fast straight runs; fast writers
   and pen-input dictionaries give few points per stroke (a quarter of the samples are their
   turning points alone);
-- sometimes strokes are joined (only where the class allows the lower count), and stroke ends
-  get small hooks towards the next stroke;
+- sometimes strokes are joined where the class allows the lower count, and one sample in ten has
+  two strokes joined where it does not (writers who don't lift the pen; the models had read few
+  such samples: the LSTM, which counts strokes, 8%); stroke ends get small hooks towards the next
+  stroke;
 - half the そ and ぞ are written in their two-stroke form (a tick, then the rest from the top
   right), a standard form that KanjiVG, with one stroke, does not have;
 - one sample in ten has two consecutive strokes in the wrong order (people do, and a model that
@@ -347,6 +349,9 @@ def resize_voicing_mark(strokes: list[np.ndarray], character: str, factor: float
 ORDER_SLIP = 0.1  # share of samples with two consecutive strokes written in the wrong order
 REVERSED_STROKE = 0.05  # share of samples with one stroke drawn from its end to its start
 MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (`messiness`)
+# share of kana samples with two strokes joined where the class's table allows no fewer strokes:
+# people who do not lift the pen between two strokes (the table's count is the textbook's)
+OFF_TABLE_JOINS = 0.1
 
 
 def _slip_order(strokes: list, rng: np.random.Generator, keep_apart: int | None = None) -> list:
@@ -409,6 +414,7 @@ def synthesize_sample(
     reversed_stroke: float = REVERSED_STROKE,
     small_marks: float = SMALL_MARKS,
     messiness: float | None = None,
+    off_table_join: float = OFF_TABLE_JOINS,
 ) -> list[np.ndarray]:
     """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
     app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up. `order_slip`: the
@@ -417,7 +423,8 @@ def synthesize_sample(
     mark drawn small (0: KanjiVG's size, give or take the usual per-stroke scatter),
     `messiness`: scales how far each stroke strays from its place and how much the character
     bends (2: twice as far; default: 1, or for a kana class, for MESSY_WRITERS of the samples,
-    drawn between 1 and 2)."""
+    drawn between 1 and 2), `off_table_join`: for a kana class, the chance of two strokes
+    joined where its table allows no fewer strokes (0: only the table's counts)."""
     if messiness is not None and not 0 <= messiness <= 4:
         raise ValueError(f"messiness must be between 0 and 4, got {messiness}")
     n_base = None
@@ -463,6 +470,9 @@ def synthesize_sample(
         fewer = [k for k in allowed_counts if k < len(strokes)]
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
             strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
+        elif (off_table_join and len(strokes) - 1 not in allowed_counts
+              and (n_base or len(strokes)) > 1 and rng.random() < off_table_join):
+            strokes = join_strokes(strokes, len(strokes) - 1, rng, keep_apart=n_base)
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])

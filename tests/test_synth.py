@@ -38,10 +38,27 @@ def test_every_class_synthesizes_a_valid_raw_sample():
     rng = np.random.default_rng(0)
     for kana in class_set("all"):
         for _ in range(3):
-            sample = synthesize_sample(kana, rng)
+            sample = synthesize_sample(kana, rng, off_table_join=0)
             strokes = parse_strokes({i + 1: s for i, s in enumerate(sample)}, kana.char_id)
             check_stroke_count(strokes, kana.char_id)
             assert all(np.abs(s).max() <= 1.0 for s in strokes)
+            default = synthesize_sample(kana, rng)  # sometimes two strokes joined off the table
+            check_stroke_count(parse_strokes(default, kana.char_id), kana.char_id, one_joined_ok=True)
+
+
+def test_off_table_joins_give_one_stroke_fewer_and_keep_a_compounds_small_kana():
+    rng = np.random.default_rng(2)
+
+    def counts(char_id, share):
+        return {len(synthesize_sample(get_class(char_id), rng, off_table_join=share)) for _ in range(40)}
+
+    assert counts("ka", 0) == {3} and counts("ka", 1) == {2}
+    assert counts("ta", 1) == {3}
+    assert counts("ki", 1) == {3, 4}  # き may have 3 strokes: joined on the table, not below it
+    assert counts("sya", 1) == {4}  # し has one stroke, and ゃ is never joined to it
+    assert counts("tya", 1) == {4}  # ち's two strokes joined, ゃ's three kept
+    share = np.mean([len(synthesize_sample(get_class("ka"), rng)) == 2 for _ in range(400)])
+    assert 0.05 < share < 0.16  # the default, OFF_TABLE_JOINS = 0.1
 
 
 def test_joined_strokes_give_the_lower_allowed_count():
@@ -149,8 +166,8 @@ def test_so_is_split_at_its_first_corner_into_a_tick_and_the_rest():
 
 def test_so_and_zo_come_in_both_written_forms():
     rng = np.random.default_rng(4)
-    assert {len(synthesize_sample(get_class("so"), rng)) for _ in range(40)} == {1, 2}
-    assert {len(synthesize_sample(get_class("zo"), rng)) for _ in range(40)} == {3, 4}
+    assert {len(synthesize_sample(get_class("so"), rng, off_table_join=0)) for _ in range(40)} == {1, 2}
+    assert {len(synthesize_sample(get_class("zo"), rng, off_table_join=0)) for _ in range(40)} == {3, 4}
 
 
 def test_a_reversed_stroke_is_drawn_from_its_end():
@@ -186,7 +203,7 @@ def test_small_voicing_marks_shrink_the_mark_in_the_recorded_sample():
     def mark_extent(sample):  # ば's ゛ (its last two strokes) as a share of the whole drawing
         return np.ptp(np.vstack(sample[-2:]), axis=0).max() / np.ptp(np.vstack(sample), axis=0).max()
 
-    kw = {"allowed_counts": (5,), "order_slip": 0.0, "reversed_stroke": 0.0}
+    kw = {"allowed_counts": (5,), "order_slip": 0.0, "reversed_stroke": 0.0, "off_table_join": 0.0}
     plain = [mark_extent(synthesize_sample(get_class("ba"), np.random.default_rng(k), small_marks=0.0, **kw))
              for k in range(40)]
     small = [mark_extent(synthesize_sample(get_class("ba"), np.random.default_rng(k), small_marks=1.0, **kw))
@@ -208,7 +225,7 @@ def test_messier_writers_place_their_strokes_further_astray(monkeypatch):
     import kana.synth
 
     # あ in the textbook order, never joined
-    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "allowed_counts": (3,)}
+    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "allowed_counts": (3,), "off_table_join": 0.0}
 
     def spread(n=100, **kw):
         rng = np.random.default_rng(4)
