@@ -21,7 +21,8 @@ by default, all classes the models know), read by the Keras models each training
   on average, as in Tomoe's templates);
 - a stroke count the class's table does not allow, which training never shows and the models'
   stroke-count prior weighs against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into
-  one where the table allows no fewer, or a stray dot (1-3 points) added where it allows no more;
+  one where the table allows no fewer (training has a tenth of its samples so), or a stray dot
+  (1-3 points) added where it allows no more;
 - a messier writer: fresh samples (another seed) whose strokes stray twice or three times as far
   from their places, and whose characters bend as much more, as the synthesizer's usual writer
   (`synthesize_sample(messiness=...)`; training has a third of its samples at 1-2x).
@@ -154,7 +155,8 @@ def main():
     class_ids = next(iter(members.values())).config.class_ids
 
     rng = np.random.default_rng(2024)
-    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "messiness": 1.0}
+    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "messiness": 1.0,
+                "off_table_join": 0.0}
     base = [(cid, synthesize_sample(get_class(cid), rng, **textbook))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes
