@@ -19,10 +19,10 @@ by default, all classes the models know), read by the Keras models each training
 - recorded as a pen dictionary does, each stroke its turning points alone: the fewest points
   that stay within 4% of the character's size of its path, or within 8% (about 4 points a stroke
   on average, as in Tomoe's templates);
-- a stroke count the class's table does not allow, which training never shows and the models'
-  stroke-count prior weighs against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into
-  one where the table allows no fewer (training has a tenth of its samples so), or a stray dot
-  (1-3 points) added where it allows no more;
+- a stroke count the class's table does not allow, which the models' stroke-count prior weighs
+  against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into
+  one where the table allows no fewer (the closest pair, as a tenth of training's samples are
+  joined; or any pair, chosen at random), or a stray dot (1-3 points) added where it allows no more;
 - a messier writer: fresh samples (another seed) whose strokes stray twice or three times as far
   from their places, and whose characters bend as much more, as the synthesizer's usual writer
   (`synthesize_sample(messiness=...)`; training has a third of its samples at 1-2x).
@@ -95,6 +95,15 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         k = int(rng.integers(len(s) + 1))
         return s[:k] + [np.clip(dot + rng.normal(0, 0.003, (int(rng.integers(1, 4)), 2)), -1, 1)] + s[k:]
 
+    def joined_anywhere(s, cid):
+        """Two consecutive strokes chosen at random (not the closest pair, as training's joins are)
+        joined by a straight line, where the table allows no fewer strokes."""
+        if len(s) - 1 in get_class(cid).stroke_counts:
+            return None
+        i = int(rng.integers(len(s) - 1))
+        bridge = np.linspace(s[i][-1], s[i + 1][0], 8)[1:-1]
+        return s[:i] + [np.vstack([s[i], bridge, s[i + 1]])] + s[i + 2 :]
+
     def corners_only(s, tolerance):
         """Each stroke as its turning points alone, within `tolerance` of the character's size."""
         size = float(np.ptp(np.vstack(s), axis=0).max())
@@ -115,7 +124,8 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
             "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0),
             "small kana twice its size": big_small_kana,
             "two strokes joined, off the table": joined_off_table,
-            "a stray dot, off the table": stray_dot}
+            "a stray dot, off the table": stray_dot,
+            "any two strokes joined, off table": joined_anywhere}
 
 
 def reversed_stroke(strokes, k: int):

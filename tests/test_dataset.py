@@ -52,6 +52,11 @@ def test_build_dataset_mixes_real_and_synthetic_and_reports_every_rejection(raw_
         "carol/ka1.pickle": "unreadable",
     }
     assert ds.meta["dropped"] == {"duplicate": 1, "wrong_stroke_count": 1, "unreadable": 1}
+    # the synthesizer's off-table joins are kept (carol's い with one stroke fewer is not)
+    synthetic = kept[kept.source == "synthetic-kanjivg"]
+    joined = [n not in get_class(c).stroke_counts and n + 1 in get_class(c).stroke_counts
+              for c, n in zip(synthetic.char_id, synthetic.n_strokes)]
+    assert 3 <= sum(joined) <= 30
     assert ds.rasters.shape == (len(kept), 32, 32)
     assert ds.points.shape == (ds.offsets[-1], 120, 2)
     assert ds.points.dtype == np.float32
