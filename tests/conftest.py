@@ -38,7 +38,8 @@ class _Payload:
 
 
 def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path | None = None):
-    """A raw folder as contributors make it: app pickles per source, plus some bad files."""
+    """A raw folder as contributors make it: app pickles per source (stroke counts as the table
+    allows them), plus some bad files."""
     from kana.classes import class_set
     from kana.strokes import save_app_pickle
     from kana.synth import synthesize_sample
@@ -46,7 +47,7 @@ def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path |
     rng = np.random.default_rng(seed)
     for kana in class_set("basic46"):
         for k in range(per_class):
-            save_app_pickle(synthesize_sample(kana, rng), root / "alice" / f"{kana.char_id}{k:05d}.pickle")
+            save_app_pickle(synthesize_sample(kana, rng, off_table_join=0), root / "alice" / f"{kana.char_id}{k:05d}.pickle")
     if hostile_marker is not None:
         (root / "mallory").mkdir(parents=True, exist_ok=True)
         (root / "mallory" / "a00001.pickle").write_bytes(pickle.dumps({1: _Payload(hostile_marker)}))
