@@ -148,11 +148,7 @@ def main():
     parser.add_argument("--per-class", type=int, default=3)
     parser.add_argument("--wrong-count-weight", type=float,
                         help="the stroke-count prior's weight for every model (default: each "
-                             "model's own, and one below the class's count too unless "
-                             "--one-fewer-weight; 1 turns it off)")
-    parser.add_argument("--one-fewer-weight", type=float,
-                        help="its weight where the count is one below the class's (default: each "
-                             "model's own)")
+                             "model's own; 1 turns it off)")
     args = parser.parse_args()
 
     client = MlflowClient()
@@ -163,9 +159,7 @@ def main():
         run = client.get_run(run_id)
         config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/kana_config.json"))
         if args.wrong_count_weight is not None:
-            config = replace(config, wrong_count_weight=args.wrong_count_weight, one_fewer_weight=None)
-        if args.one_fewer_weight is not None:
-            config = replace(config, one_fewer_weight=args.one_fewer_weight)
+            config = replace(config, wrong_count_weight=args.wrong_count_weight)
         model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
         members[f"{run.data.tags['model_family']} {run_id[:6]}"] = Recognizer.from_keras([(model, config)])
     class_ids = next(iter(members.values())).config.class_ids

@@ -202,40 +202,29 @@ def max_strokes(name: str) -> int:
 # strokes joined or a stray dot (a count off the table) is not forced wrong; a smaller weight read
 # more of the rest but fewer of those (README, "What to expect").
 WRONG_COUNT_WEIGHT = 0.1
-# A count one stroke below the table (two strokes joined, which a tenth of the synthetic samples
-# show, `kana.synth.OFF_TABLE_JOINS`) weighs less against a class. Chosen on validation, on three
-# sets of models trained with those joins: the largest weight (of 0.1, 0.2, 0.3, 0.5, 1) that cost
-# the ensemble at most one more validation error on the table's counts. Against 0.1, it read 13-14
-# more of the 177-192 joined validation samples in the two seed-127 runs and 5 more in seed 7's.
-ONE_FEWER_WEIGHT = 0.3
 
 
 @lru_cache(maxsize=16)
 def _allowed_counts(class_ids: tuple[str, ...]) -> np.ndarray:
-    """(largest count + 3, n_classes) bools: row n says which classes allow n strokes (the last
-    two rows: none, for every count beyond the largest and the one above it)."""
+    """(largest count + 2, n_classes) bools: row n says which classes allow n strokes."""
     counts = [get_class(c).stroke_counts for c in class_ids]
-    table = np.zeros((max(max(c) for c in counts) + 3, len(class_ids)), dtype=bool)
+    table = np.zeros((max(max(c) for c in counts) + 2, len(class_ids)), dtype=bool)
     for j, allowed in enumerate(counts):
         table[list(allowed), j] = True
     return table
 
 
-def apply_stroke_count_prior(probs: np.ndarray, stroke_counts, class_ids, wrong_count_weight: float,
-                             one_fewer_weight: float | None = None) -> np.ndarray:
+def apply_stroke_count_prior(probs: np.ndarray, stroke_counts, class_ids,
+                             wrong_count_weight: float) -> np.ndarray:
     """Class probabilities (n_samples, n_classes) given each sample's stroke count too: classes
-    whose table does not allow the count are weighted by `wrong_count_weight`, or by
-    `one_fewer_weight` where the count is one below the class's (default: `wrong_count_weight`),
-    then renormalised. Weights of 1 return `probs` as they are (models made before the prior)."""
-    one_fewer_weight = wrong_count_weight if one_fewer_weight is None else one_fewer_weight
-    for name, weight in (("wrong_count_weight", wrong_count_weight), ("one_fewer_weight", one_fewer_weight)):
-        if not 0.0 < weight <= 1.0:  # NaN too; 0 would leave nothing when no class fits
-            raise ValueError(f"{name} must be in (0, 1] (1: the stroke count ignored), got {weight}")
-    if (wrong_count_weight == 1.0 and one_fewer_weight == 1.0) or len(probs) == 0:
+    whose table does not allow the count are weighted by `wrong_count_weight`, then renormalised.
+    A weight of 1 returns `probs` as they are (models made before the prior, or with it off)."""
+    if not 0.0 < wrong_count_weight <= 1.0:  # NaN too; 0 would leave nothing when no class fits
+        raise ValueError(f"wrong_count_weight must be in (0, 1] (1: the stroke count ignored), "
+                         f"got {wrong_count_weight}")
+    if wrong_count_weight == 1.0 or len(probs) == 0:
         return probs
     table = _allowed_counts(tuple(class_ids))
-    rows = np.minimum(np.asarray(stroke_counts, dtype=np.intp), len(table) - 2)  # beyond: none
-    one_fewer = table[rows + 1] & ~table[rows]
-    weights = np.where(table[rows], 1.0, np.where(one_fewer, one_fewer_weight, wrong_count_weight))
-    weighted = probs * weights
+    rows = np.minimum(np.asarray(stroke_counts, dtype=np.intp), len(table) - 1)  # beyond: none
+    weighted = probs * np.where(table[rows], 1.0, wrong_count_weight)
     return weighted / weighted.sum(axis=1, keepdims=True)

@@ -205,14 +205,14 @@ def test_pyfunc_gives_the_trained_models_predictions(pipeline):
 def test_training_scored_real_samples_as_serving_reads_them(pipeline, family):
     """What a run logged for the real samples (its metrics, what the ensemble is scored from) is
     what serving computes from the raw files: the same features, network and stroke-count prior."""
-    from kana.classes import ONE_FEWER_WEIGHT, WRONG_COUNT_WEIGHT
+    from kana.classes import WRONG_COUNT_WEIGHT
     from kana.evaluation import load_probabilities
     from kana.serving import Recognizer
     from kana.training import ModelConfig
 
     (run,) = pipeline.runs(FAMILIES[family])
     config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/kana_config.json"))
-    assert (config.wrong_count_weight, config.one_fewer_weight) == (WRONG_COUNT_WEIGHT, ONE_FEWER_WEIGHT)
+    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT
     model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
     samples = _real_samples(pipeline, 1000)
     served = Recognizer.from_keras([(model, config)]).probabilities([s.strokes for s in samples])

@@ -218,24 +218,6 @@ def test_the_stroke_count_weighs_classes_whose_table_does_not_allow_it():
     assert apply_stroke_count_prior(np.array([[0.95, 0.05]]), [4], ["ba", "pa"], 0.1).argmax() == 0
 
 
-def test_a_count_one_below_the_table_weighs_less_against_a_class():
-    from kana.classes import apply_stroke_count_prior
-
-    # 4 strokes: one below ba's 5 (its ticks joined), pa's own count; 3: one below pa's, two below ba's
-    probs = np.array([[0.6, 0.4, 0.0], [0.6, 0.4, 0.0], [0.5, 0.3, 0.2]])
-    out = apply_stroke_count_prior(probs, [4, 5, 3], ["ba", "pa", "ha"], 0.1, one_fewer_weight=0.3)
-    np.testing.assert_allclose(out, [[0.18 / 0.58, 0.4 / 0.58, 0.0], [0.6 / 0.64, 0.04 / 0.64, 0.0],
-                                     [0.05 / 0.34, 0.09 / 0.34, 0.2 / 0.34]])
-    # without it, one below weighs as any other count off the table
-    np.testing.assert_allclose(apply_stroke_count_prior(probs, [4, 5, 3], ["ba", "pa", "ha"], 0.1),
-                               apply_stroke_count_prior(probs, [4, 5, 3], ["ba", "pa", "ha"], 0.1, 0.1))
-    # beyond every class's count (and one above it), nothing changes
-    np.testing.assert_allclose(apply_stroke_count_prior(probs[:2], [6, 40], ["ba", "pa", "ha"], 0.1, 0.3),
-                               probs[:2])
-    with pytest.raises(ValueError, match="one_fewer_weight"):
-        apply_stroke_count_prior(probs, [4, 5, 3], ["ba", "pa", "ha"], 0.1, one_fewer_weight=0.0)
-
-
 def test_a_count_no_class_allows_leaves_the_probabilities_as_they_are():
     from kana.classes import apply_stroke_count_prior
 
@@ -297,20 +279,13 @@ def test_served_predictions_weigh_the_stroke_count_as_training_scored_them():
 def test_new_models_are_configured_with_the_prior():
     import json
 
-    from kana.classes import ONE_FEWER_WEIGHT, WRONG_COUNT_WEIGHT
+    from kana.classes import WRONG_COUNT_WEIGHT
     from kana.training import ModelConfig
 
     meta = {"class_ids": ["ba", "pa"], "n_points": 120, "max_strokes": 5, "class_set": "all"}
     config = ModelConfig.for_dataset("cnn", meta)
-    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT < ONE_FEWER_WEIGHT == config.one_fewer_weight < 1.0
+    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT < 1.0
     assert ModelConfig.from_json(config.to_json()) == config
     fields = json.loads(config.to_json())
-    del fields["one_fewer_weight"]  # as a model made before it wrote its config: reads as it did
-    older = ModelConfig.from_json(json.dumps(fields))
-    assert older.wrong_count_weight == WRONG_COUNT_WEIGHT and older.one_fewer_weight is None
-    four_strokes = older.with_stroke_counts(np.array([[0.6, 0.4]]), [4])
-    np.testing.assert_allclose(four_strokes, [[0.06 / 0.46, 0.4 / 0.46]])
-    np.testing.assert_allclose(config.with_stroke_counts(np.array([[0.6, 0.4]]), [4]),
-                               [[0.18 / 0.58, 0.4 / 0.58]])
     del fields["wrong_count_weight"]  # as a model made before the prior wrote its config
     assert ModelConfig.from_json(json.dumps(fields)).wrong_count_weight == 1.0
