@@ -14,9 +14,9 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
   and pen-input dictionaries give few points per stroke (a quarter of the samples are their
   turning points alone);
 - sometimes strokes are joined where the class allows the lower count, and one sample in ten has
-  two strokes joined where it does not (writers who don't lift the pen; the models had read few
-  such samples: the LSTM, which counts strokes, 8%); stroke ends get small hooks towards the next
-  stroke;
+  two strokes of its kana's body joined where it does not (writers who don't lift the pen; the
+  models had read few such samples: the LSTM, which counts strokes, 8%); stroke ends get small
+  hooks towards the next stroke;
 - half the そ and ぞ are written in their two-stroke form (a tick, then the rest from the top
   right), a standard form that KanjiVG, with one stroke, does not have;
 - one sample in ten has two consecutive strokes in the wrong order (people do, and a model that
@@ -354,6 +354,15 @@ MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (
 OFF_TABLE_JOINS = 0.1
 
 
+def _joinable_strokes(kana: KanaClass | str, n_base: int | None, n_strokes: int) -> int:
+    """How many of a sample's first strokes an off-table join may take: the base kana's body,
+    without its voicing mark and a compound's small kana. The mark's two ticks are always the
+    closest pair of a ゛ kana (KanjiVG), and joined they give ゜'s count: ば with its ticks joined
+    has ぱ's strokes."""
+    character = kana if isinstance(kana, str) else kana.character
+    return (n_base or n_strokes) - voicing_mark_strokes(character[0])
+
+
 def _slip_order(strokes: list, rng: np.random.Generator, keep_apart: int | None = None) -> list:
     """Two consecutive strokes swapped, as people who learned a character's order loosely write
     it; never across a compound's two kana (`keep_apart`: the base kana's stroke count)."""
@@ -471,8 +480,9 @@ def synthesize_sample(
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
             strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
         elif (off_table_join and len(strokes) - 1 not in allowed_counts
-              and (n_base or len(strokes)) > 1 and rng.random() < off_table_join):
-            strokes = join_strokes(strokes, len(strokes) - 1, rng, keep_apart=n_base)
+              and _joinable_strokes(kana, n_base, len(strokes)) > 1 and rng.random() < off_table_join):
+            strokes = join_strokes(strokes, len(strokes) - 1, rng,
+                                   keep_apart=_joinable_strokes(kana, n_base, len(strokes)))
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])

@@ -57,6 +57,19 @@ def test_off_table_joins_give_one_stroke_fewer_and_keep_a_compounds_small_kana()
     assert counts("ki", 1) == {3, 4}  # き may have 3 strokes: joined on the table, not below it
     assert counts("sya", 1) == {4}  # し has one stroke, and ゃ is never joined to it
     assert counts("tya", 1) == {4}  # ち's two strokes joined, ゃ's three kept
+    assert counts("zya", 1) == {6}  # じ's body is one stroke: nothing to join
+    # a voicing mark is never joined (ば with its ticks joined would have ぱ's count): the body is
+    bodies = {"ga": "か", "ba": "は", "pa": "は", "dya": "ち"}
+    for char_id, body in bodies.items():
+        kana = get_class(char_id)
+        marks = 1 if char_id == "pa" else 2
+        n_body = len(glyph_strokes(body))
+        for _ in range(10):
+            sample = synthesize_sample(kana, rng, off_table_join=1, order_slip=0, reversed_stroke=0)
+            assert len(sample) == sum(len(glyph_strokes(c)) for c in kana.character) - 1
+            extent = np.ptp(np.vstack(sample), axis=0).max()
+            mark = sample[n_body - 1 : n_body - 1 + marks]  # right after the joined body
+            assert all(np.ptp(s, axis=0).max() < 0.35 * extent for s in mark), char_id
     share = np.mean([len(synthesize_sample(get_class("ka"), rng)) == 2 for _ in range(400)])
     assert 0.05 < share < 0.16  # the default, OFF_TABLE_JOINS = 0.1
 
