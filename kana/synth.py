@@ -477,12 +477,12 @@ def synthesize_sample(
             strokes[i] = _hook(strokes[i], strokes[i + 1][0], rng)
     if allowed_counts:
         fewer = [k for k in allowed_counts if k < len(strokes)]
+        joinable = _joinable_strokes(kana, n_base, len(strokes))
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
             strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
-        elif (off_table_join and len(strokes) - 1 not in allowed_counts
-              and _joinable_strokes(kana, n_base, len(strokes)) > 1 and rng.random() < off_table_join):
-            strokes = join_strokes(strokes, len(strokes) - 1, rng,
-                                   keep_apart=_joinable_strokes(kana, n_base, len(strokes)))
+        elif (off_table_join and len(strokes) - 1 not in allowed_counts and joinable > 1
+              and rng.random() < off_table_join):
+            strokes = join_strokes(strokes, len(strokes) - 1, rng, keep_apart=joinable)
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])
