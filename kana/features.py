@@ -17,6 +17,8 @@
 - `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
   `max_strokes`, then scaled by (a + 1) / 2 as the notebook did; optionally with the character
   fitted to the box first (`fit_box`). `lstm_tensors` builds a batch's at once.
+- `pen_path_tensors`: the LSTM's other input (`train_lstm -P encoding=pen_path`), the whole pen
+  path as one sequence of points with a pen-down flag, which does not depend on the stroke count.
 """
 
 from __future__ import annotations
@@ -333,4 +335,62 @@ def lstm_tensors(resampled: list[np.ndarray], max_strokes: int, fit_box: bool = 
     out = out.reshape(len(resampled), n_points, 4 * max_strokes)
     out += 1.0
     out *= 0.5  # (a + 1) / 2, in place
+    return out
+
+
+# --------------------------------------------------------------------------- pen path (LSTM)
+
+
+PEN_PATH_POINTS = 128
+PEN_PATH_FEATURES = 5
+
+
+def pen_path_tensors(resampled: list[np.ndarray], n_steps: int = PEN_PATH_POINTS,
+                     fit_box: bool = True) -> np.ndarray:
+    """The LSTM's other input: the whole pen path as one sequence, (n_samples, n_steps, 5).
+
+    The strokes are laid end to end in drawing order, each stroke's end joined to the next one's
+    start by a straight pen-up line, and that path is resampled to `n_steps` points evenly spaced
+    along its length. Each point carries x, y (image coordinates, y down, the character fitted to
+    the box with `fit_box`), the path's direction there (cos, sin; 0, 0 where it has none, as on a
+    dot), all scaled by (a + 1) / 2 as `lstm_tensors` does, and whether the pen is down (1) or
+    moving between strokes (0).
+
+    Why: `lstm_tensors` gives stroke i its own columns, so a sample whose writer joined two
+    strokes, or added a stray dot, shifts every later stroke into other columns and reads as
+    something else. Here two strokes joined by a line differ from the same strokes apart only in
+    the pen flag along that line, and the sequence does not depend on the table's stroke count."""
+    if not resampled:
+        raise ValueError("no samples")
+    out = np.empty((len(resampled), n_steps, PEN_PATH_FEATURES), dtype=np.float32)
+    for n_strokes, ks in _by_stroke_count(resampled).items():
+        img = to_image_coords(np.stack([resampled[k] for k in ks]).astype(np.float64))
+        if fit_box:
+            img = fit_to_box(img, batched=True)
+        g, n_points = len(ks), img.shape[2]
+        path = img.reshape(g, n_strokes * n_points, 2)
+        seg = np.diff(path, axis=1)  # (g, L - 1, 2)
+        seg_len = np.hypot(seg[..., 0], seg[..., 1])
+        pen_up = np.zeros(seg_len.shape[1], dtype=bool)
+        pen_up[n_points - 1 :: n_points] = True  # the jump from each stroke's end to the next start
+        cum = np.concatenate([np.zeros((g, 1)), np.cumsum(seg_len, axis=1)], axis=1)  # (g, L)
+        total = cum[:, -1:]
+        # every sample's arc positions in one sorted array (sample j's in [2j, 2j + 1]), so one
+        # searchsorted finds each target's segment for the whole group
+        scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
+        offsets = 2.0 * np.arange(g)[:, None]
+        flat = (cum * scale + offsets).ravel()
+        targets = np.linspace(0.0, 1.0, n_steps)[None, :] + offsets
+        at = np.searchsorted(flat, targets.ravel(), side="right").reshape(g, n_steps) - 1
+        at -= np.arange(g)[:, None] * cum.shape[1]
+        at = np.clip(at, 0, seg_len.shape[1] - 1)  # the path's last point: on its last segment
+        rows = np.arange(g)[:, None]
+        length = seg_len[rows, at]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(length > 0, (targets - offsets - cum[rows, at] * scale) / (length * scale), 0.0)
+            unit = np.where(length[..., None] > 1e-12, seg[rows, at] / length[..., None], 0.0)
+        points = path[rows, at] + np.clip(frac, 0.0, 1.0)[..., None] * seg[rows, at]
+        out[ks, :, :2] = (points + 1.0) / 2.0
+        out[ks, :, 2:4] = (unit + 1.0) / 2.0
+        out[ks, :, 4] = ~pen_up[at]
     return out

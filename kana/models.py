@@ -8,7 +8,8 @@
   serving, where the ensemble with the LSTM reads as well as with f = 32.
 - `build_transfer`: the convolutional base of a CNN trained on other characters (kanji), a new
   Dense head, and the first `frozen_blocks` convolution blocks frozen.
-- `build_lstm`: LSTM over the (n_points, 4 * max_strokes) stroke tensor, dropout, Dense, softmax.
+- `build_lstm`: LSTM over the (n_points, 4 * max_strokes) stroke tensor (or the (128, 5) pen
+  path, `features.pen_path_tensors`), dropout, Dense, softmax.
   By default the 120 time steps are average-pooled by 2 first (4x faster per epoch here, and
   better validation accuracy per minute) and the Dense layer has 128 units.
 - `augmentation`: the notebook's training distortions (small rotation, shift, shear, zoom; never

@@ -22,7 +22,8 @@ from kana.classes import WRONG_COUNT_WEIGHT, apply_stroke_count_prior
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
 from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
 
-FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes"}
+FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes", "lstm_path": "pen_path"}
+LSTM_ENCODINGS = {"strokes": "lstm", "pen_path": "lstm_path"}  # train_lstm's encoding -> its family
 RASTER_SHAPE = (features.RASTER_SIZE + 2 * features.RASTER_PAD,) * 2 + (1,)
 KANJI_BASE_MODEL_NAME = "kana-kanji-base"
 
@@ -32,7 +33,7 @@ class ModelConfig:
     """What serving needs to turn raw samples into this model's input and its output into labels."""
 
     family: str
-    input_kind: str  # "raster" | "strokes"
+    input_kind: str  # "raster" | "strokes" (per stroke, the notebook's) | "pen_path" (one sequence)
     class_ids: list[str]
     n_points: int
     max_strokes: int
@@ -43,6 +44,7 @@ class ModelConfig:
     stroke_order: bool = False  # raster input: a second channel with the strokes' order
     max_gap: float = 0.0  # see features.resample_samples; 0 for models made before it existed
     wrong_count_weight: float = 1.0  # see classes.WRONG_COUNT_WEIGHT; 1 (off) for older models
+    pen_path_points: int = 0  # pen_path input: the path's length in points (features.pen_path_tensors)
 
     @property
     def resampling(self) -> tuple[int, float]:
@@ -52,7 +54,20 @@ class ModelConfig:
     @property
     def input_key(self) -> tuple:
         """What decides this model's input: models with equal keys take the same input."""
-        return (self.input_kind, *self.resampling, self.max_strokes, self.fit_box, self.stroke_order)
+        return (self.input_kind, *self.resampling, self.max_strokes, self.fit_box, self.stroke_order,
+                self.pen_path_points)
+
+    @property
+    def takes_pen_paths(self) -> bool:
+        """The LSTM's inputs: made from the pen paths (which training distorts), not rasters."""
+        return self.input_kind in ("strokes", "pen_path")
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """A pen-path model's input, one sample: (time steps, features)."""
+        if self.input_kind == "pen_path":
+            return (self.pen_path_points, features.PEN_PATH_FEATURES)
+        return (self.n_points, 4 * self.max_strokes)
 
     @classmethod
     def for_dataset(cls, family: str, meta: dict, dataset_run_id: str = "") -> "ModelConfig":
@@ -91,7 +106,9 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
         order = np.stack([features.render_order_raster(r) for r in resampled])
         return np.concatenate([raster_batch_to_input(rasters), raster_batch_to_input(order)], axis=-1)
     if not resampled:  # an empty split
-        return np.zeros((0, config.n_points, 4 * config.max_strokes), dtype=np.float32)
+        return np.zeros((0, *config.input_shape), dtype=np.float32)
+    if config.input_kind == "pen_path":
+        return features.pen_path_tensors(resampled, config.pen_path_points, config.fit_box)
     return features.lstm_tensors(resampled, config.max_strokes, config.fit_box)
 
 
@@ -194,7 +211,7 @@ def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
             rows = self.order[i * batch_size : (i + 1) * batch_size]
             rng = np.random.default_rng([seed, self.epoch, i])
             paths = distort_pen_paths([resampled[k] for k in rows], rng)
-            return features.lstm_tensors(paths, config.max_strokes, config.fit_box), labels[rows]
+            return model_inputs(config, paths), labels[rows]
 
         def on_epoch_end(self):
             self.epoch += 1
@@ -275,7 +292,7 @@ def train_family(
         )
         y = {s: ds.labels[i] for s, i in idx.items()}
         pen_paths = None
-        if augment and config.input_kind == "strokes":
+        if augment and config.takes_pen_paths:
             pen_paths = distorted_pen_path_batches(
                 config, [ds.resampled(i) for i in idx["train"]], y["train"], batch_size, seed)
         # the LSTM's training input is made batch by batch then: not all at once (300 MB) as well
@@ -286,7 +303,7 @@ def train_family(
         history, epoch_seconds = _fit(
             model, x.get("train"), y["train"], x["val"], y["val"],
             epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
-            augment=bool(augment) and config.input_kind == "raster",
+            augment=bool(augment) and not config.takes_pen_paths,
             class_weight=balanced_class_weights(y["train"], len(config.class_ids)),
             learning_rate=learning_rate, train_batches=pen_paths,
         )
@@ -398,24 +415,36 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                learning_rate: float = 1e-3, patience: int = 3, units: int = 128,
                dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
-               fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1) -> str:
+               fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1,
+               encoding: str = "strokes", pen_path_points: int = features.PEN_PATH_POINTS) -> str:
     """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
     --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
     cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
     used the canvas coordinates as drawn). `augment` redraws each training sample's pen path with
-    a small random slant, shear, aspect and stroke shifts every epoch (`models.distort_pen_paths`)."""
+    a small random slant, shear, aspect and stroke shifts every epoch (`models.distort_pen_paths`).
+    `encoding`: "strokes", the notebook's (each stroke's points in columns of their own,
+    `features.lstm_tensors`; family `lstm`), or "pen_path", the whole path as one sequence of
+    `pen_path_points` points with a pen-down flag (`features.pen_path_tensors`; family
+    `lstm_path`, a family of its own: `register` then ensembles it with the others' best runs).
+    `main` trains the notebook's: see the README for what the pen path did and did not gain."""
     from kana.models import build_lstm
 
+    if encoding not in LSTM_ENCODINGS:
+        raise ValueError(f"encoding: expected one of {sorted(LSTM_ENCODINGS)}, got {encoding!r}")
+    options = {"fit_box": bool(fit_box),
+               "pen_path_points": pen_path_points if encoding == "pen_path" else 0}
+
     def build(config, ds):
-        return build_lstm(len(config.class_ids), config.n_points, 4 * config.max_strokes, units,
-                          dropout, dense_units, downsample)
+        return build_lstm(len(config.class_ids), *config.input_shape, units, dropout, dense_units,
+                          downsample)
 
     return train_family(
-        "lstm", build, {"units": units, "dropout": dropout, "dense_units": dense_units,
-                        "downsample": downsample, "fit_box": fit_box},
+        LSTM_ENCODINGS[encoding], build, {"units": units, "dropout": dropout, "dense_units": dense_units,
+                        "downsample": downsample, "fit_box": fit_box, "encoding": encoding,
+                        "pen_path_points": options["pen_path_points"]},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
-        augment=augment, input_options={"fit_box": bool(fit_box)},
+        augment=augment, input_options=options,
     )
 
 

@@ -12,6 +12,7 @@ from kana.features import (
     fit_to_pixels,
     lstm_tensor,
     lstm_tensors,
+    pen_path_tensors,
     render_order_raster,
     render_raster,
     render_rasters,
@@ -294,3 +295,62 @@ def test_lstm_tensors_of_a_mixed_batch_match_each_samples_strokes():
             np.testing.assert_array_equal(batch[k], lstm_tensor(r, 5, fit_box))
     with pytest.raises(ValueError, match="4 strokes, but the features hold at most 3"):
         lstm_tensors(resampled, max_strokes=3)
+
+
+def _walk_pen_path(strokes_img: np.ndarray, n_steps: int) -> np.ndarray:
+    """pen_path_tensors for one sample, the slow way: the path's points and pen states one by one,
+    each target point found by walking the segments (an independent check of the vectorized one)."""
+    points = [p for stroke in strokes_img for p in stroke]
+    pen = [k % len(strokes_img[0]) != len(strokes_img[0]) - 1 for k in range(len(points) - 1)]
+    lengths = [float(np.hypot(*(b - a))) for a, b in zip(points, points[1:])]
+    total = sum(lengths)
+    rows = []
+    for t in np.linspace(0, 1, n_steps) * total:
+        start, k = 0.0, 0
+        while k < len(lengths) - 1 and start + lengths[k] <= t:  # the segment that holds t
+            start, k = start + lengths[k], k + 1
+        seg = points[k + 1] - points[k]
+        frac = min(max((t - start) / lengths[k], 0.0), 1.0) if lengths[k] > 0 else 0.0
+        unit = seg / lengths[k] if lengths[k] > 1e-12 else np.zeros(2)
+        rows.append([*((points[k] + frac * seg + 1) / 2), *((unit + 1) / 2), float(pen[k])])
+    return np.array(rows)
+
+
+def test_pen_path_of_two_strokes_apart_or_joined_differs_only_in_the_pen_flag():
+    """Two strokes on a line, x -0.9..-0.3 and 0.3..0.9, then the same drawn as one stroke: 12
+    points evenly along the path (none on a stroke's end), the pen up on the jump between them."""
+    line = lambda a, b: np.stack([np.linspace(a, b, 120), np.zeros(120)], axis=1)
+    apart = np.stack([line(-0.9, -0.3), line(0.3, 0.9)])
+    joined = line(-0.9, 0.9)[None]
+    t = pen_path_tensors([apart, joined], 12, fit_box=False)
+    assert t.shape == (2, 12, 5) and t.dtype == np.float32
+    np.testing.assert_allclose(t[:, :, 0], [(np.linspace(-0.9, 0.9, 12) + 1) / 2] * 2, atol=1e-6)
+    np.testing.assert_allclose(t[:, :, 1:4], [[[0.5, 1.0, 0.5]] * 12] * 2, atol=1e-6)  # y 0, going right
+    np.testing.assert_array_equal(t[1, :, 4], 1.0)
+    inside_the_jump = np.abs(np.linspace(-0.9, 0.9, 12)) < 0.3
+    assert inside_the_jump.sum() == 4
+    np.testing.assert_array_equal(t[0, :, 4], ~inside_the_jump)
+    np.testing.assert_array_equal(t[0, :, :4], t[1, :, :4])
+
+
+def test_pen_path_tensors_of_a_mixed_batch_match_a_walk_along_each_path():
+    """Samples of different stroke counts (grouped inside) come back in order, each as walking its
+    path gives it, with dots, pauses and a whole sample that is one dot; fitted to the box or not."""
+    rng = np.random.default_rng(8)
+    samples = [[rng.uniform(-1, 1, (int(rng.integers(2, 9)), 2)) for _ in range(n)] for n in (3, 1, 2, 3, 1, 4)]
+    samples[1] = [np.zeros((2, 2)) + 0.4]  # the whole sample a dot
+    samples[3][1] = np.zeros((3, 2)) - 0.2  # a dot between two strokes
+    samples[5][2][2] = samples[5][2][1]  # a pause inside a stroke
+    resampled = [resample_strokes(s).astype(np.float32) for s in samples]
+    for fit_box in (False, True):
+        batch = pen_path_tensors(resampled, 50, fit_box=fit_box)
+        assert batch.shape == (6, 50, 5) and np.isfinite(batch).all()
+        for k, r in enumerate(resampled):
+            img = to_image_coords(r.astype(np.float64))
+            img = fit_to_box(img) if fit_box else img
+            np.testing.assert_allclose(batch[k], _walk_pen_path(img, 50), atol=1e-5)
+            np.testing.assert_array_equal(batch[k], pen_path_tensors([r], 50, fit_box)[0])
+    np.testing.assert_allclose(batch[1, :, 2:4], 0.5)  # a dot has no direction
+    assert not batch[3, :, 4].all() and batch[3, :, 4].any()  # pen up between strokes only
+    with pytest.raises(ValueError, match="no samples"):
+        pen_path_tensors([], 50)

@@ -88,6 +88,8 @@ def test_each_family_logged_comparable_metrics_history_and_artifacts(pipeline, f
         assert name in files, name
     model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
     assert model.output_shape[-1] == 46
+    if family == "lstm":  # the default encoding: the notebook's per-stroke columns
+        assert model.input_shape == (None, 120, 4 * 4) and run.data.params["encoding"] == "strokes"
     assert mlflow.models.get_model_info(run.data.tags["kana.model_uri"]).signature is not None
 
 

@@ -202,6 +202,36 @@ def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path):
         ChildProcessModels(str(tmp_path))
 
 
+def test_a_pen_path_lstm_is_served_through_onnx_as_keras_reads_it(tmp_path):
+    """`train_lstm -P encoding=pen_path`'s network, exported like any champion's member: ONNX
+    Runtime gives Keras' probabilities for the same raw samples (write_members checks every class
+    and raises otherwise; here, fresh samples through the pyfunc's own path)."""
+    import keras
+
+    from kana.classes import class_set
+    from kana.features import PEN_PATH_FEATURES
+    from kana.models import build_lstm
+    from kana.serving import Recognizer, write_members
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    classes = class_set("basic46")
+    keras.utils.set_random_seed(0)
+    net = build_lstm(len(classes), 32, PEN_PATH_FEATURES, units=16, dense_units=16)
+    config = ModelConfig("lstm_path", "pen_path", [c.char_id for c in classes], 120, 4, "basic46",
+                         fit_box=True, max_gap=0.02, pen_path_points=32)
+    net.save(tmp_path / "net.keras")
+    (tmp_path / "config.json").write_text(config.to_json())
+    assert write_members([(str(tmp_path / "net.keras"), str(tmp_path / "config.json"))],
+                         tmp_path / "members") <= 1e-5
+    rng = np.random.default_rng(3)
+    samples = [synthesize_sample(classes[k], rng) for k in range(0, 46, 5)]
+    served = Recognizer.from_members_dir(str(tmp_path / "members")).probabilities(samples)
+    expected = Recognizer.from_keras([(net, config)]).probabilities(samples)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert served.shape == (10, 46)
+
+
 # --------------------------------------------------------------------------- the stroke-count prior
 
 

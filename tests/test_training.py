@@ -134,3 +134,25 @@ def test_lstm_training_batches_are_distorted_anew_each_epoch_and_repeat_with_the
     again = distorted_pen_path_batches(config, samples, labels, 4, seed=3)
     for i in range(3):
         np.testing.assert_array_equal(again[i][0], epoch0[i][0])
+
+
+def test_each_lstm_encoding_gets_its_own_input_from_the_same_pen_paths():
+    """train_lstm's two encodings: the notebook's per-stroke columns (family lstm) and the pen path
+    as one sequence (family lstm_path); distorted training batches and empty splits in each."""
+    from kana.features import lstm_tensors, pen_path_tensors
+    from kana.models import distort_pen_paths
+    from kana.training import distorted_pen_path_batches, model_inputs, train_lstm
+
+    samples = _resampled_samples(6)
+    per_stroke = ModelConfig("lstm", "strokes", [], 120, 9, "all", fit_box=True)
+    path = ModelConfig("lstm_path", "pen_path", [], 120, 9, "all", fit_box=True, pen_path_points=64)
+    assert per_stroke.input_key != path.input_key  # an ensemble of both computes both
+    np.testing.assert_array_equal(model_inputs(per_stroke, samples), lstm_tensors(samples, 9, True))
+    np.testing.assert_array_equal(model_inputs(path, samples), pen_path_tensors(samples, 64, True))
+    assert model_inputs(path, []).shape == (0, 64, 5) and model_inputs(per_stroke, []).shape == (0, 120, 36)
+    x, y = distorted_pen_path_batches(path, samples, np.arange(6), 6, seed=3)[0]
+    expected = pen_path_tensors(distort_pen_paths([samples[k] for k in y], np.random.default_rng([3, 0, 0])),
+                                64, True)
+    np.testing.assert_array_equal(x, expected)
+    with pytest.raises(ValueError, match="encoding: expected one of"):
+        train_lstm(encoding="one_stroke_at_a_time")
