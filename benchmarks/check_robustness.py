@@ -11,7 +11,9 @@ by default, all classes the models know), read by the Keras models each training
 - as synthesized;
 - the character drawn small in a corner: its longer side a quarter of the canvas' (top left),
   or 15% of it (bottom right);
-- the last two strokes swapped (samples with at least two strokes), or all strokes shuffled;
+- the last two strokes swapped (samples with at least two strokes), or all strokes shuffled, or
+  (the last row but the messier writers, so that the rows above keep their samples) one stroke of
+  the kana moved elsewhere in its order;
 - one stroke, chosen at random, drawn backwards (from its end to its start);
 - the voicing mark (゛ or ゜) a third of its size, or tapped (each of its strokes 1-3 points
   where it was), on the voiced samples only (が, ぱ, ぎゃ...);
@@ -54,8 +56,8 @@ def placed(strokes, size: float, corner: tuple[int, int]):
 def conditions(rng: np.random.Generator, max_strokes: int = 9):
     """name -> change(strokes, class_id): the sample redrawn, or None where it does not apply."""
     from kana.classes import get_class
-    from kana.synth import (glyph_strokes, join_strokes, resize_voicing_mark, turning_points,
-                            voicing_mark_strokes)
+    from kana.synth import (fixed_tail_strokes, glyph_strokes, join_strokes, resize_voicing_mark,
+                            turning_points, voicing_mark_strokes)
 
     def changed_mark(s, cid, factor):
         """The voicing mark scaled by `factor`, or each of its strokes tapped (factor 0)."""
@@ -104,6 +106,18 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         bridge = np.linspace(s[i][-1], s[i + 1][0], 8)[1:-1]
         return s[:i] + [np.vstack([s[i], bridge, s[i + 1]])] + s[i + 2 :]
 
+    def one_stroke_moved(s, cid):
+        """One stroke of the kana's body, chosen at random, written at another place in its order
+        (the voicing mark and a compound's small kana stay last), as people who learned the order
+        loosely write it: も with its two bars first."""
+        body = len(s) - fixed_tail_strokes(get_class(cid))
+        if body < 2:
+            return None
+        i, j = (int(x) for x in rng.choice(body, 2, replace=False))
+        order = [m for m in range(len(s)) if m != i]
+        order.insert(j, i)
+        return [s[m] for m in order]
+
     def corners_only(s, tolerance):
         """Each stroke as its turning points alone, within `tolerance` of the character's size."""
         size = float(np.ptp(np.vstack(s), axis=0).max())
@@ -125,7 +139,8 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
             "small kana twice its size": big_small_kana,
             "two strokes joined, off the table": joined_off_table,
             "a stray dot, off the table": stray_dot,
-            "any two strokes joined, off table": joined_anywhere}
+            "any two strokes joined, off table": joined_anywhere,
+            "one stroke moved elsewhere": one_stroke_moved}
 
 
 def reversed_stroke(strokes, k: int):

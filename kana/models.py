@@ -15,7 +15,7 @@
 - `augmentation`: the notebook's training distortions (small rotation, shift, shear, zoom; never
   mirrored) as Keras preprocessing layers, applied in the input pipeline only.
 - `distort_pen_paths`: the LSTM's counterpart, on the resampled pen paths before they become its
-  input (the notebook's LSTM had none).
+  input (the notebook's LSTM had none); `move_one_stroke`, its stroke-order counterpart.
 """
 
 from __future__ import annotations
@@ -138,3 +138,26 @@ def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> 
     moved = np.einsum("pij,pj->pi", m[sample], local) + centre[sample] + shift * size[sample, None]
     moved = moved.astype(np.float32)
     return [moved[a:b].reshape(k, n_points, 2) for a, b, k in zip(starts, ends, counts)]
+
+
+STROKE_MOVES = 0.1  # share of the LSTM's training samples, each epoch, with one stroke moved
+
+
+def move_one_stroke(resampled: list[np.ndarray], fixed_tails: np.ndarray, rng: np.random.Generator,
+                    share: float = STROKE_MOVES) -> list[np.ndarray]:
+    """For `share` of the samples, one stroke of the kana's body taken out and written at another
+    place in the body: people who learned an order loosely move a stroke, not only swap two
+    neighbours (the synthesizer's order slips); も written with its two bars first is ま's order.
+    `fixed_tails[k]`: how many of sample k's last strokes stay where they are (its voicing mark and
+    a compound's small kana, `kana.synth.fixed_tail_strokes`). A raster does not see the order,
+    so only the LSTM needs this; the synthetic data keeps its textbook orders and slips."""
+    out = list(resampled)
+    for k in np.flatnonzero(rng.random(len(out)) < share):
+        body = len(out[k]) - int(fixed_tails[k])
+        if body < 2:
+            continue
+        i, j = rng.choice(body, 2, replace=False)
+        order = [m for m in range(len(out[k])) if m != i]
+        order.insert(int(j), int(i))
+        out[k] = out[k][order]
+    return out

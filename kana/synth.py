@@ -363,6 +363,15 @@ def _joinable_strokes(kana: KanaClass | str, n_base: int | None, n_strokes: int)
     return (n_base or n_strokes) - voicing_mark_strokes(character[0])
 
 
+def fixed_tail_strokes(kana: KanaClass | str) -> int:
+    """How many of a sample's last strokes stay last when the LSTM's training moves a stroke
+    (`kana.models.move_one_stroke`): the voicing mark and a compound's small kana, which people
+    write after the kana they belong to."""
+    character = kana if isinstance(kana, str) else kana.character
+    small = sum(len(glyph_strokes(c)) for c in character[1:])
+    return small + voicing_mark_strokes(character[0])
+
+
 def _slip_order(strokes: list, rng: np.random.Generator, keep_apart: int | None = None) -> list:
     """Two consecutive strokes swapped, as people who learned a character's order loosely write
     it; never across a compound's two kana (`keep_apart`: the base kana's stroke count)."""

@@ -190,13 +190,20 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
 
 
 def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
-                               labels: np.ndarray, batch_size: int, seed: int):
+                               labels: np.ndarray, batch_size: int, seed: int,
+                               stroke_moves: float = 0.0):
     """The LSTM's training batches, each sample's pen path redrawn by `models.distort_pen_paths`
-    every epoch, then turned into the LSTM's input as serving does. The order and the distortions
-    come from (seed, epoch, batch), so a run repeats exactly."""
+    every epoch (and for `stroke_moves` of them, one stroke moved: `models.move_one_stroke`), then
+    turned into the LSTM's input as serving does. The order and the distortions come from (seed,
+    epoch, batch), so a run repeats exactly."""
     import keras
 
-    from kana.models import distort_pen_paths
+    from kana.classes import get_class
+    from kana.models import distort_pen_paths, move_one_stroke
+    from kana.synth import fixed_tail_strokes
+
+    tails = (np.array([fixed_tail_strokes(get_class(c)) for c in config.class_ids])[labels]
+             if config.class_ids else np.zeros(len(labels), dtype=int))
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -211,6 +218,8 @@ def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
             rows = self.order[i * batch_size : (i + 1) * batch_size]
             rng = np.random.default_rng([seed, self.epoch, i])
             paths = distort_pen_paths([resampled[k] for k in rows], rng)
+            if stroke_moves:
+                paths = move_one_stroke(paths, tails[rows], rng, stroke_moves)
             return model_inputs(config, paths), labels[rows]
 
         def on_epoch_end(self):
@@ -246,11 +255,12 @@ def train_family(
     augment: int = 0,
     extra_tags: dict | None = None,
     input_options: dict | None = None,
+    stroke_moves: float = 0.0,
 ) -> str:
     """Train one family on a processed dataset and log everything; returns the run id.
 
     `build_model(config, ds)` returns an uncompiled Keras model; `input_options` set the config's
-    input fields (`fit_box`, `stroke_order`).
+    input fields (`fit_box`, `stroke_order`); `stroke_moves`: see `distorted_pen_path_batches`.
     """
     import mlflow
 
@@ -294,7 +304,8 @@ def train_family(
         pen_paths = None
         if augment and config.takes_pen_paths:
             pen_paths = distorted_pen_path_batches(
-                config, [ds.resampled(i) for i in idx["train"]], y["train"], batch_size, seed)
+                config, [ds.resampled(i) for i in idx["train"]], y["train"], batch_size, seed,
+                stroke_moves)
         # the LSTM's training input is made batch by batch then: not all at once (300 MB) as well
         x = {s: dataset_inputs(config, ds, i) for s, i in idx.items()
              if not (s == "train" and pen_paths is not None)}
@@ -416,7 +427,8 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                learning_rate: float = 1e-3, patience: int = 3, units: int = 128,
                dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
                fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1,
-               encoding: str = "strokes", pen_path_points: int = features.PEN_PATH_POINTS) -> str:
+               encoding: str = "strokes", pen_path_points: int = features.PEN_PATH_POINTS,
+               stroke_moves: float = 0.0) -> str:
     """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
     --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
     cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
@@ -426,7 +438,9 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     `features.lstm_tensors`; family `lstm`), or "pen_path", the whole path as one sequence of
     `pen_path_points` points with a pen-down flag (`features.pen_path_tensors`; family
     `lstm_path`, a family of its own: `register` then ensembles it with the others' best runs).
-    `main` trains the notebook's: see the README for what the pen path did and did not gain."""
+    `main` trains the notebook's: see the README for what the pen path did and did not gain.
+    `stroke_moves`: with `augment`, the share of training samples, each epoch, with one stroke of
+    the kana moved elsewhere in its order (`models.move_one_stroke`)."""
     from kana.models import build_lstm
 
     if encoding not in LSTM_ENCODINGS:
@@ -441,10 +455,10 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     return train_family(
         LSTM_ENCODINGS[encoding], build, {"units": units, "dropout": dropout, "dense_units": dense_units,
                         "downsample": downsample, "fit_box": fit_box, "encoding": encoding,
-                        "pen_path_points": options["pen_path_points"]},
+                        "pen_path_points": options["pen_path_points"], "stroke_moves": stroke_moves},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
-        augment=augment, input_options=options,
+        augment=augment, input_options=options, stroke_moves=stroke_moves,
     )
 
 

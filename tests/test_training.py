@@ -156,3 +156,48 @@ def test_each_lstm_encoding_gets_its_own_input_from_the_same_pen_paths():
     np.testing.assert_array_equal(x, expected)
     with pytest.raises(ValueError, match="encoding: expected one of"):
         train_lstm(encoding="one_stroke_at_a_time")
+
+
+def test_a_moved_stroke_leaves_the_voicing_mark_and_a_compounds_small_kana_last():
+    """`move_one_stroke`: one body stroke taken out and put elsewhere, for the share asked; the
+    strokes themselves unchanged, the fixed tail (ゃ's 3 strokes and ぎ's 2 ticks for ぎゃ) in place."""
+    from kana.classes import get_class
+    from kana.models import move_one_stroke
+    from kana.synth import fixed_tail_strokes
+
+    assert [fixed_tail_strokes(get_class(c)) for c in ("a", "ga", "pa", "kya", "gya")] == [0, 2, 1, 3, 5]
+    rng = np.random.default_rng(2)
+    samples = [np.arange(n)[:, None, None] * np.ones((n, 4, 2)) for n in (4, 7, 2, 1, 3)]
+    tails = np.array([0, 5, 0, 0, 2])  # the last sample: a body of one stroke, nothing to move
+    moved = move_one_stroke(samples, tails, rng, share=1.0)
+    orders = [m[:, 0, 0].astype(int).tolist() for m in moved]
+    assert orders[1][2:] == [2, 3, 4, 5, 6] and orders[1][:2] == [1, 0]
+    assert orders[2] == [1, 0] and orders[3] == [0] and orders[4] == [0, 1, 2]
+    assert sorted(orders[0]) == [0, 1, 2, 3] and orders[0] != [0, 1, 2, 3]
+    # one stroke out of place: the others keep their relative order
+    taken = next(i for i in range(4) if [x for x in orders[0] if x != i] == [x for x in range(4) if x != i])
+    assert taken in range(4)
+    assert move_one_stroke(samples, tails, rng, share=0.0) == samples
+    np.testing.assert_array_equal(move_one_stroke(samples, tails, np.random.default_rng(9), 0.5)[0],
+                                  move_one_stroke(samples, tails, np.random.default_rng(9), 0.5)[0])
+
+
+def test_lstm_training_batches_move_strokes_for_the_share_asked():
+    from kana.classes import class_set
+    from kana.features import lstm_tensors
+    from kana.models import distort_pen_paths, move_one_stroke
+    from kana.synth import fixed_tail_strokes
+    from kana.training import distorted_pen_path_batches
+
+    classes = class_set("all")
+    samples = _resampled_samples(8)
+    labels = np.array([0, 5, 40, 70, 90, 100, 107, 3])
+    config = ModelConfig("lstm", "strokes", [c.char_id for c in classes], 120, 9, "all", fit_box=True)
+    x, y = distorted_pen_path_batches(config, samples, labels, 8, seed=3, stroke_moves=1.0)[0]
+    rows = [labels.tolist().index(c) for c in y]  # the batch's samples, in its order
+    rng = np.random.default_rng([3, 0, 0])
+    paths = distort_pen_paths([samples[k] for k in rows], rng)
+    tails = np.array([fixed_tail_strokes(classes[c]) for c in y])
+    np.testing.assert_array_equal(x, lstm_tensors(move_one_stroke(paths, tails, rng, 1.0), 9, True))
+    still, _ = distorted_pen_path_batches(config, samples, labels, 8, seed=3)[0]
+    assert not np.array_equal(x, still)
