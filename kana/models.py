@@ -140,11 +140,8 @@ def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> 
     return [moved[a:b].reshape(k, n_points, 2) for a, b, k in zip(starts, ends, counts)]
 
 
-STROKE_MOVES = 0.1  # share of the LSTM's training samples, each epoch, with one stroke moved
-
-
 def move_one_stroke(resampled: list[np.ndarray], fixed_tails: np.ndarray, rng: np.random.Generator,
-                    share: float = STROKE_MOVES) -> list[np.ndarray]:
+                    share: float) -> list[np.ndarray]:
     """For `share` of the samples, one stroke of the kana's body taken out and written at another
     place in the body: people who learned an order loosely move a stroke, not only swap two
     neighbours (the synthesizer's order slips); も written with its two bars first is ま's order.

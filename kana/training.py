@@ -445,6 +445,8 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 
     if encoding not in LSTM_ENCODINGS:
         raise ValueError(f"encoding: expected one of {sorted(LSTM_ENCODINGS)}, got {encoding!r}")
+    if not 0.0 <= stroke_moves <= 1.0:
+        raise ValueError(f"stroke_moves: expected a share between 0 and 1, got {stroke_moves}")
     options = {"fit_box": bool(fit_box),
                "pen_path_points": pen_path_points if encoding == "pen_path" else 0}
 

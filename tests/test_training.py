@@ -156,6 +156,8 @@ def test_each_lstm_encoding_gets_its_own_input_from_the_same_pen_paths():
     np.testing.assert_array_equal(x, expected)
     with pytest.raises(ValueError, match="encoding: expected one of"):
         train_lstm(encoding="one_stroke_at_a_time")
+    with pytest.raises(ValueError, match="stroke_moves: expected a share between 0 and 1, got 10"):
+        train_lstm(stroke_moves=10)
 
 
 def test_a_moved_stroke_leaves_the_voicing_mark_and_a_compounds_small_kana_last():
