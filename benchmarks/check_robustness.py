@@ -56,8 +56,8 @@ def placed(strokes, size: float, corner: tuple[int, int]):
 def conditions(rng: np.random.Generator, max_strokes: int = 9):
     """name -> change(strokes, class_id): the sample redrawn, or None where it does not apply."""
     from kana.classes import get_class
-    from kana.synth import (fixed_tail_strokes, glyph_strokes, join_strokes, resize_voicing_mark,
-                            turning_points, voicing_mark_strokes)
+    from kana.synth import (fixed_tail_strokes, glyph_strokes, join_strokes, moved_stroke_order,
+                            resize_voicing_mark, turning_points, voicing_mark_strokes)
 
     def changed_mark(s, cid, factor):
         """The voicing mark scaled by `factor`, or each of its strokes tapped (factor 0)."""
@@ -108,15 +108,9 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
 
     def one_stroke_moved(s, cid):
         """One stroke of the kana's body, chosen at random, written at another place in its order
-        (the voicing mark and a compound's small kana stay last), as people who learned the order
-        loosely write it: も with its two bars first."""
-        body = len(s) - fixed_tail_strokes(get_class(cid))
-        if body < 2:
-            return None
-        i, j = (int(x) for x in rng.choice(body, 2, replace=False))
-        order = [m for m in range(len(s)) if m != i]
-        order.insert(j, i)
-        return [s[m] for m in order]
+        (the voicing mark and a compound's small kana stay last): も with its two bars first."""
+        order = moved_stroke_order(len(s), fixed_tail_strokes(get_class(cid)), rng)
+        return None if order is None else [s[m] for m in order]
 
     def corners_only(s, tolerance):
         """Each stroke as its turning points alone, within `tolerance` of the character's size."""

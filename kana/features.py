@@ -386,8 +386,9 @@ def pen_path_tensors(resampled: list[np.ndarray], n_steps: int = PEN_PATH_POINTS
         at = np.clip(at, 0, seg_len.shape[1] - 1)  # the path's last point: on its last segment
         rows = np.arange(g)[:, None]
         length = seg_len[rows, at]
+        along = np.linspace(0.0, 1.0, n_steps)[None, :] * total  # each target's arc position
         with np.errstate(invalid="ignore", divide="ignore"):
-            frac = np.where(length > 0, (targets - offsets - cum[rows, at] * scale) / (length * scale), 0.0)
+            frac = np.where(length > 0, (along - cum[rows, at]) / length, 0.0)
             unit = np.where(length[..., None] > 1e-12, seg[rows, at] / length[..., None], 0.0)
         points = path[rows, at] + np.clip(frac, 0.0, 1.0)[..., None] * seg[rows, at]
         out[ks, :, :2] = (points + 1.0) / 2.0

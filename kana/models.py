@@ -142,19 +142,17 @@ def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> 
 
 def move_one_stroke(resampled: list[np.ndarray], fixed_tails: np.ndarray, rng: np.random.Generator,
                     share: float) -> list[np.ndarray]:
-    """For `share` of the samples, one stroke of the kana's body taken out and written at another
-    place in the body: people who learned an order loosely move a stroke, not only swap two
-    neighbours (the synthesizer's order slips); も written with its two bars first is ま's order.
-    `fixed_tails[k]`: how many of sample k's last strokes stay where they are (its voicing mark and
-    a compound's small kana, `kana.synth.fixed_tail_strokes`). A raster does not see the order,
-    so only the LSTM needs this; the synthetic data keeps its textbook orders and slips."""
+    """For `share` of the samples, one stroke of the kana's body written at another place in its
+    order (`kana.synth.moved_stroke_order`): the synthesizer's order slips only swap two
+    neighbours. `fixed_tails[k]`: how many of sample k's last strokes stay where they are (its
+    voicing mark and a compound's small kana, `kana.synth.fixed_tail_strokes`). A raster does not
+    see the order, so only the LSTM needs this; the synthetic data keeps its textbook orders and
+    slips."""
+    from kana.synth import moved_stroke_order
+
     out = list(resampled)
     for k in np.flatnonzero(rng.random(len(out)) < share):
-        body = len(out[k]) - int(fixed_tails[k])
-        if body < 2:
-            continue
-        i, j = rng.choice(body, 2, replace=False)
-        order = [m for m in range(len(out[k])) if m != i]
-        order.insert(int(j), int(i))
-        out[k] = out[k][order]
+        order = moved_stroke_order(len(out[k]), int(fixed_tails[k]), rng)
+        if order is not None:
+            out[k] = out[k][order]
     return out

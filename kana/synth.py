@@ -354,22 +354,27 @@ MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (
 OFF_TABLE_JOINS = 0.1
 
 
-def _joinable_strokes(kana: KanaClass | str, n_base: int | None, n_strokes: int) -> int:
-    """How many of a sample's first strokes an off-table join may take: the base kana's body,
-    without its voicing mark and a compound's small kana. The mark's two ticks are always the
-    closest pair of a ゛ kana (KanjiVG), and joined they give ゜'s count: ば with its ticks joined
-    has ぱ's strokes."""
-    character = kana if isinstance(kana, str) else kana.character
-    return (n_base or n_strokes) - voicing_mark_strokes(character[0])
-
-
 def fixed_tail_strokes(kana: KanaClass | str) -> int:
-    """How many of a sample's last strokes stay last when the LSTM's training moves a stroke
-    (`kana.models.move_one_stroke`): the voicing mark and a compound's small kana, which people
-    write after the kana they belong to."""
+    """How many of a sample's last strokes (as synthesized, before any join) are its voicing mark
+    and a compound's small kana: the strokes an off-table join and a moved stroke leave alone
+    (people write them after the kana they belong to, and the mark's two ticks, always the closest
+    pair of a ゛ kana in KanjiVG, joined give ゜'s count: ば with its ticks joined has ぱ's strokes)."""
     character = kana if isinstance(kana, str) else kana.character
     small = sum(len(glyph_strokes(c)) for c in character[1:])
     return small + voicing_mark_strokes(character[0])
+
+
+def moved_stroke_order(n_strokes: int, fixed_tail: int, rng: np.random.Generator) -> list[int] | None:
+    """A stroke order with one stroke of the body (all but the last `fixed_tail`) taken out and
+    written at another place in the body, as people who learned an order loosely write it (も with
+    its two bars first is ま's order); None when the body has fewer than two strokes."""
+    body = n_strokes - fixed_tail
+    if body < 2:
+        return None
+    i, j = (int(x) for x in rng.choice(body, 2, replace=False))
+    order = [m for m in range(n_strokes) if m != i]
+    order.insert(j, i)
+    return order
 
 
 def _slip_order(strokes: list, rng: np.random.Generator, keep_apart: int | None = None) -> list:
@@ -486,7 +491,7 @@ def synthesize_sample(
             strokes[i] = _hook(strokes[i], strokes[i + 1][0], rng)
     if allowed_counts:
         fewer = [k for k in allowed_counts if k < len(strokes)]
-        joinable = _joinable_strokes(kana, n_base, len(strokes))
+        joinable = len(strokes) - fixed_tail_strokes(kana)  # the kana's body
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
             strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
         elif (off_table_join and len(strokes) - 1 not in allowed_counts and joinable > 1

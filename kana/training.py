@@ -23,7 +23,8 @@ from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch
 from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
 
 FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes", "lstm_path": "pen_path"}
-LSTM_ENCODINGS = {"strokes": "lstm", "pen_path": "lstm_path"}  # train_lstm's encoding -> its family
+# train_lstm's encodings (its input kinds) -> their families
+LSTM_ENCODINGS = {kind: family for family, kind in FAMILY_INPUT.items() if kind != "raster"}
 RASTER_SHAPE = (features.RASTER_SIZE + 2 * features.RASTER_PAD,) * 2 + (1,)
 KANJI_BASE_MODEL_NAME = "kana-kanji-base"
 
@@ -202,8 +203,8 @@ def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
     from kana.models import distort_pen_paths, move_one_stroke
     from kana.synth import fixed_tail_strokes
 
-    tails = (np.array([fixed_tail_strokes(get_class(c)) for c in config.class_ids])[labels]
-             if config.class_ids else np.zeros(len(labels), dtype=int))
+    if stroke_moves:
+        tails = np.array([fixed_tail_strokes(get_class(c)) for c in config.class_ids])[labels]
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
