@@ -448,6 +448,11 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
         raise ValueError(f"encoding: expected one of {sorted(LSTM_ENCODINGS)}, got {encoding!r}")
     if not 0.0 <= stroke_moves <= 1.0:
         raise ValueError(f"stroke_moves: expected a share between 0 and 1, got {stroke_moves}")
+    if stroke_moves and not augment:
+        raise ValueError("stroke_moves: strokes are moved in the augmented training batches; "
+                         "it needs augment=1")
+    if encoding == "pen_path" and pen_path_points < 2:
+        raise ValueError(f"pen_path_points: expected at least 2 points, got {pen_path_points}")
     options = {"fit_box": bool(fit_box),
                "pen_path_points": pen_path_points if encoding == "pen_path" else 0}
 

@@ -158,6 +158,10 @@ def test_each_lstm_encoding_gets_its_own_input_from_the_same_pen_paths():
         train_lstm(encoding="one_stroke_at_a_time")
     with pytest.raises(ValueError, match="stroke_moves: expected a share between 0 and 1, got 10"):
         train_lstm(stroke_moves=10)
+    with pytest.raises(ValueError, match="stroke_moves: .* it needs augment=1"):
+        train_lstm(stroke_moves=0.1, augment=0)
+    with pytest.raises(ValueError, match="pen_path_points: expected at least 2 points, got 1"):
+        train_lstm(encoding="pen_path", pen_path_points=1)
 
 
 def test_a_moved_stroke_leaves_the_voicing_mark_and_a_compounds_small_kana_last():
