@@ -8,7 +8,7 @@ sample in well under a millisecond where a Keras call costs 15-700 ms; every exp
 against Keras before it is registered), with its `ModelConfig` (class table, feature settings),
 and the `kana` package itself (logged as code), so a sample is parsed, validated, resampled and
 rendered by exactly the code that prepared the training data. In `mlflow models serve` the models
-run in a child process (`ChildProcessModels`), beside the server's own work instead of under its
+run in a child process (`ChildProcessRecognizer`), beside the server's own work instead of under its
 GIL.
 
 Input (`predict`): a list of samples, each the app's raw dict `{1: ndarray (N, 2), ...}`, the same
@@ -27,9 +27,11 @@ turning it back into JSON cost a served request about 1 ms of CPU and some 27 th
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -51,9 +53,9 @@ class KanaClassifier(mlflow.pyfunc.PythonModel):
         return {}
 
     def load_context(self, context):
-        self.recognizer = Recognizer.from_members_dir(
-            context.artifacts["members"], in_child_process=_use_child_process()
-        )
+        folder = context.artifacts["members"]
+        self.recognizer = (ChildProcessRecognizer(folder) if _use_child_process()
+                           else Recognizer.from_members_dir(folder))
 
     def predict(
         self, context, model_input: list[Any], params: dict[str, Any] | None = None
@@ -109,9 +111,7 @@ class Recognizer:
     finds likely: a product of experts that see the sample differently (raster vs pen path).
     """
 
-    def __init__(self, members: list[tuple[Callable[[np.ndarray], np.ndarray], Any]],
-                 probabilities: Callable[[list], np.ndarray] | None = None):
-        """`probabilities`: what computes them in place of `self.probabilities` (a child process)."""
+    def __init__(self, members: list[tuple[Callable[[np.ndarray], np.ndarray], Any]]):
         from kana.classes import get_class
 
         if not members:
@@ -126,7 +126,7 @@ class Recognizer:
         self.characters = np.array([get_class(c).character for c in self.config.class_ids])
         self.class_ids = np.array(self.config.class_ids)
         self.n_outputs = len(self.config.class_ids)
-        self.batched_probabilities = BatchedCalls(probabilities or self.probabilities)
+        self.batched_probabilities = BatchedCalls(self.probabilities)
 
     @staticmethod
     def onnx_session(onnx_path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -152,17 +152,14 @@ class Recognizer:
         return lambda x: (single if len(x) == 1 else multi).run(None, {name: x})[0]
 
     @classmethod
-    def from_members_dir(cls, folder: str, in_child_process: bool = False) -> "Recognizer":
-        """The members a pyfunc carries: `members.json` lists each one's ONNX file and config.
-        `in_child_process`: the members run in a `ChildProcessModels` (see there)."""
+    def from_members_dir(cls, folder: str) -> "Recognizer":
+        """The members a pyfunc carries: `members.json` lists each one's ONNX file and config."""
         from kana.training import ModelConfig
 
         root = Path(folder)
         listing = json.loads((root / MEMBERS_FILE).read_text(encoding="utf-8"))
         configs = [ModelConfig.from_json((root / m["config"]).read_text(encoding="utf-8"))
                    for m in listing]
-        if in_child_process:
-            return cls([(_runs_in_child, c) for c in configs], ChildProcessModels(folder))
         return cls([(cls.onnx_session(str(root / m["onnx"])), c) for m, c in zip(listing, configs)])
 
     @classmethod
@@ -226,7 +223,37 @@ class Recognizer:
         return combine_probabilities(outputs)
 
     def predict(self, samples) -> list[dict[str, Any]]:
-        probs = self.batched_probabilities(self.parse(samples))
+        return self.records(self.batched_probabilities(self.parse(samples)))
+
+    def answer_requests(self, requests: list) -> list[tuple[str, Any]]:
+        """Several requests' samples (each a list, as `predict` takes) through the models as one
+        batch: per request ("ok", its records), ("invalid", why) for a request with a bad sample
+        (the others are answered), or ("error", what went wrong in the batch)."""
+        from mlflow.exceptions import MlflowException
+
+        answers: list[Any] = [None] * len(requests)
+        valid, parsed = [], []
+        for k, samples in enumerate(requests):
+            try:
+                parsed.append(self.parse(samples))
+                valid.append(k)
+            except MlflowException as exc:
+                answers[k] = ("invalid", exc.message)
+        if not valid:
+            return answers
+        try:
+            records = self.records(self.probabilities([s for p in parsed for s in p]))
+        except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
+            for k in valid:
+                answers[k] = ("error", f"{type(exc).__name__}: {exc}")
+            return answers
+        start = 0
+        for k, p in zip(valid, parsed):
+            answers[k], start = ("ok", records[start : start + len(p)]), start + len(p)
+        return answers
+
+    def records(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        """One prediction record per row of probabilities."""
         k = min(TOP_K, self.n_outputs)
         top = np.argsort(-probs, axis=1)[:, :k]
         ids, chars, top_p = (self.class_ids[top].tolist(), self.characters[top].tolist(),
@@ -241,15 +268,15 @@ class Recognizer:
 class BatchedCalls:
     """Concurrent calls of `fn(items) -> array` answered by one call on all their items at once.
 
-    `mlflow models serve` runs each request's predict in a thread of its own. While one thread
-    runs the models, the requests that arrive meanwhile queue here, and when it is done the first
-    of them runs the whole queue as one batch and hands each caller its rows. A request never
-    waits for others to arrive: alone, it runs at once, as before. Under load the waiting threads
-    sleep instead of fighting over the GIL and the cores, and the per-call costs (Python, the
-    LSTM's sequential steps, the trip to the models' child process) are paid once per batch. Each
-    waiting thread has an event of its own, so a finished batch wakes its callers and the next
-    leader, not every thread that waits. Callers pass validated items; if the batched call raises,
-    every caller in that batch gets the error.
+    A threaded caller (a user's own server, or `mlflow models serve` with KANA_CHILD_PROCESS=0)
+    runs each request's predict in a thread of its own. While one thread runs the models, the
+    requests that arrive meanwhile queue here, and when it is done the first of them runs the whole
+    queue as one batch and hands each caller its rows. A request never waits for others to arrive:
+    alone, it runs at once. Under load the waiting threads sleep instead of fighting over the GIL
+    and the cores, and the per-call costs (Python, the LSTM's sequential steps) are paid once per
+    batch. Each waiting thread has an event of its own, so a finished batch wakes its callers and
+    the next leader, not every thread that waits. Callers pass validated items; if the batched call
+    raises, every caller in that batch gets the error.
     """
 
     def __init__(self, fn: Callable[[list], np.ndarray]):
@@ -304,40 +331,40 @@ class _Job:
         return self.out
 
 
-def _runs_in_child(x):
-    raise RuntimeError("this member runs in the models' child process")
-
-
-class ChildProcessModels:
-    """`Recognizer.probabilities` of a members folder, computed in a child process.
+class ChildProcessRecognizer:
+    """`Recognizer.predict` of a members folder, answered by a child process.
 
     `mlflow models serve` parses HTTP, decodes JSON and answers every request in one Python
-    process, under one GIL; with the models in it too, their Python work (resampling, rendering)
-    queued behind the server's and the server's behind theirs. Here the request's thread hands its
-    batch of validated samples to a child (pickled over a socket pair) and sleeps until the
-    probabilities come back, so server and models run on two cores. With 8 clients on one worker
-    (bench_serving, 2 cores), p50 was 18-22 ms against 22-28 and p99 33-40 against 39-48 in five
-    pairs with the models in the server's process (with 2 workers: the same within the noise);
-    it costs the child's memory (about 170 MB) and 2 s at startup.
+    process, under one GIL; with the models in it too, their Python work (validating, resampling,
+    rendering) queued behind the server's and the server's behind theirs. Here a request's thread
+    only pickles its samples, as the server decoded them, onto a socket to the child and sleeps
+    until its records come back; the child validates, runs the models and builds the records on
+    the other core. Requests are sent as they come, not one batch at a time: whenever the child
+    finishes a batch it takes every request queued on its socket by then as the next one (alone, a
+    request runs at once), and a reader thread here hands each request its answer. So the child
+    never waits for the server's GIL to be handed its next batch, and the per-call costs
+    (ONNX Runtime, the LSTM's sequential steps, the trip) are paid once per batch.
 
-    The child is `python -m kana.serving <members folder> <fd>`, with the kana package that
-    loaded this one first on its path: it loads the members, says it is ready (or why not), then
-    answers batches until its socket closes, which happens when this process exits. If it dies or
-    takes longer than BATCH_TIMEOUT_S, the batch in flight fails with an error naming what
-    happened and the next batch starts a new child."""
+    The child is `python -m kana.serving <members folder> <fd>`, with the kana package that loaded
+    this one first on its path: it loads the members, says it is ready (or why not), then answers
+    until its socket closes, which happens when this process exits. A bad sample fails its own
+    request (an MlflowException naming the sample, HTTP 400), never the others in its batch. If
+    the child dies, every request in flight fails with an error saying so and the next request
+    starts a new child; one that takes longer than ANSWER_TIMEOUT_S is killed the same way.
+    Cost: the child's memory (about 170 MB) and about 2 s at startup.
+    """
 
     START_TIMEOUT_S = 300
-    BATCH_TIMEOUT_S = 300
+    ANSWER_TIMEOUT_S = 300
 
     def __init__(self, members_dir: str):
         self.members_dir = str(members_dir)
         self.lock = threading.Lock()
-        self.conn = None
-        self.proc = None
-        self._start()
+        self.ids = itertools.count()
+        with self.lock:
+            self.child: _Child | None = self._start()
 
-    def _start(self) -> None:
-        import socket
+    def _start(self) -> "_Child":
         import subprocess
         import sys
         from multiprocessing.connection import Connection
@@ -349,75 +376,125 @@ class ChildProcessModels:
         # one ONNX Runtime thread: the server's own thread needs the other core
         env.setdefault("KANA_ORT_THREADS", "1")
         try:
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "kana.serving", self.members_dir, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
             )
         finally:
             theirs.close()
-        self.conn = Connection(ours.detach())
-        ok, message = self._receive(self.START_TIMEOUT_S, "start")
-        if not ok:
-            self._stop(kill=True)
-            raise RuntimeError(f"the models' child process could not load {self.members_dir}: {message}")
-
-    def _receive(self, timeout_s: float, doing: str):
-        """The child's next reply; if it has gone or takes longer than `timeout_s`, it is stopped
-        and an error says which."""
+        child = _Child(proc, ours, Connection(os.dup(ours.fileno())))
         try:
-            if self.conn.poll(timeout_s):
-                return self.conn.recv()
-            problem = f"did not {doing} within {timeout_s:.0f} s"
+            ready = child.conn.poll(self.START_TIMEOUT_S)
+            ok, message = (child.conn.recv() if ready
+                           else (False, f"no answer within {self.START_TIMEOUT_S} s"))
         except (EOFError, OSError):
-            problem = "exited (code {code})"
-        code = self._stop(kill=True)
-        raise RuntimeError(f"the models' child process {problem.format(code=code)}; "
-                           "the next request starts a new one")
-
-    def _stop(self, kill: bool = False) -> int | None:
-        """Close our end (a waiting child then exits), reap the child; its exit code."""
-        import subprocess
-
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if kill:
-            proc.kill()  # does nothing to a child that has exited already
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
-
-    def __call__(self, parsed: list[np.ndarray]) -> np.ndarray:
-        with self.lock:
-            if self.conn is None:
-                self._start()
-            try:
-                self.conn.send(parsed)
-            except OSError:
-                pass  # the child is gone: _receive says how
-            ok, out = self._receive(self.BATCH_TIMEOUT_S, "answer")
+            ok, message = False, "exited (code {code})"
         if not ok:
+            code = child.stop(kill=True)
+            raise RuntimeError(f"the models' child process could not load {self.members_dir}: "
+                               + message.format(code=code))
+        child.reader = threading.Thread(target=self._read_answers, args=(child,), daemon=True,
+                                        name="kana-child-reader")
+        child.reader.start()
+        return child
+
+    def _read_answers(self, child: "_Child") -> None:
+        """The reader thread: hands each answer to its request; when the child has gone, fails
+        every request still waiting on it and lets the next request start a new child."""
+        try:
+            while True:
+                for request_id, answer in child.conn.recv():
+                    job = child.pending.pop(request_id, None)
+                    if job is not None:
+                        job.out = answer
+                        job.wake.set()
+        except (EOFError, OSError):
+            pass
+        with self.lock:
+            if self.child is child:
+                self.child = None
+            code = child.stop(kill=child.problem is not None)
+            problem = (child.problem or "exited (code {code})").format(code=code)
+            error = RuntimeError(f"the models' child process {problem}; the next request starts a new one")
+            for job in child.pending.values():
+                job.error = error
+                job.wake.set()
+            child.pending.clear()
+
+    def predict(self, samples) -> list[dict[str, Any]]:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        job = _Job(samples)
+        with self.lock:
+            child = self.child = self.child or self._start()
+            request_id = next(self.ids)
+            child.pending[request_id] = job
+            try:
+                child.conn.send((request_id, samples))
+            except OSError:
+                pass  # the child has gone: the reader fails this request, saying how
+            except Exception:  # noqa: BLE001 - it could not be pickled: nothing was sent
+                del child.pending[request_id]
+                raise
+        if not job.wake.wait(self.ANSWER_TIMEOUT_S):
+            child.fail(f"did not answer within {self.ANSWER_TIMEOUT_S:.0f} s")
+            job.wake.wait()
+        if job.error is not None:
+            raise job.error
+        status, out = job.out
+        if status == "invalid":
+            raise MlflowException(out, error_code=INVALID_PARAMETER_VALUE)
+        if status != "ok":
             raise RuntimeError(f"the models' child process failed on this batch: {out}")
         return out
 
     def close(self) -> None:
+        """Stop the child (it sees its socket close and exits) and wait for it."""
         with self.lock:
-            self._stop()
+            child, self.child = self.child, None
+        if child is not None:
+            child.sock.shutdown(socket.SHUT_RDWR)
+            child.reader.join()
 
     def __del__(self):
         try:
-            self._stop()
+            self.close()
         except Exception:  # noqa: BLE001 - nothing to report to at interpreter exit
             pass
 
 
+class _Child:
+    """One child process, its socket and the requests waiting on it."""
+
+    def __init__(self, proc, sock, conn):
+        self.proc, self.sock, self.conn = proc, sock, conn
+        self.pending: dict[int, _Job] = {}
+        self.reader: threading.Thread | None = None
+        self.problem: str | None = None
+
+    def fail(self, problem: str) -> None:
+        """Give up on the child: the reader then fails every request waiting on it with `problem`."""
+        self.problem = self.problem or problem
+        self.proc.kill()
+
+    def stop(self, kill: bool = False) -> int | None:
+        """Close our end (a waiting child then exits), reap the child; its exit code."""
+        import subprocess
+
+        self.conn.close()
+        self.sock.close()
+        if kill:
+            self.proc.kill()  # does nothing to a child that has exited already
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
 def _child_process_main(members_dir: str, fd: int) -> None:
-    """The child's side of ChildProcessModels."""
+    """The child's side of ChildProcessRecognizer: each batch is every request queued by then."""
     import signal
     from multiprocessing.connection import Connection
 
@@ -432,14 +509,13 @@ def _child_process_main(members_dir: str, fd: int) -> None:
     settled = False
     while True:
         try:
-            parsed = conn.recv()
+            requests = [conn.recv()]
+            while conn.poll():
+                requests.append(conn.recv())
         except (EOFError, OSError):
             return
-        try:
-            reply = (True, recognizer.probabilities(parsed))
-        except Exception as exc:  # noqa: BLE001 - reported to the callers of that batch
-            reply = (False, f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+        answers = recognizer.answer_requests([samples for _, samples in requests])
+        conn.send([(request_id, answer) for (request_id, _), answer in zip(requests, answers)])
         if not settled:  # as settle_server_heap does for the server
             settled = True
             gc.collect()

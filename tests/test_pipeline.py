@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -225,16 +226,18 @@ def test_training_scored_real_samples_as_serving_reads_them(pipeline, family):
 
 def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipeline):
     """What `mlflow models serve` runs: the members in a child process. The same predictions as in
-    process; if the child dies, that batch fails saying so, the next one starts a new child, and
-    closing our end lets the child exit by itself."""
-    from kana.serving import Recognizer
+    process, from many threads at once (the child batches whatever is queued), a bad sample failing
+    only its own request; if the child dies, the request in flight fails saying so and the next
+    one starts a new child; closing our end lets the child exit by itself."""
+    import threading
+
+    from kana.serving import ChildProcessRecognizer, Recognizer
 
     folder = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion"),
                           "artifacts", "members")
-    raw = [{i + 1: s for i, s in enumerate(x.strokes)} for x in _real_samples(pipeline, 10)]
+    raw = [{str(i + 1): s.tolist() for i, s in enumerate(x.strokes)} for x in _real_samples(pipeline, 10)]
     in_process = Recognizer.from_members_dir(folder)
-    child = Recognizer.from_members_dir(folder, in_child_process=True)
-    models = child.batched_probabilities.fn
+    child = ChildProcessRecognizer(folder)
     try:
         def same(got, want):
             assert [r["char_id"] for r in got] == [r["char_id"] for r in want]
@@ -242,18 +245,50 @@ def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipelin
                                        [r["top5_probabilities"] for r in want], rtol=1e-5, atol=1e-7)
 
         same(child.predict(raw), in_process.predict(raw))
-        same(child.predict(raw[:1]), in_process.predict(raw[:1]))
-        first = models.proc
+        got = {}
+
+        def request(k):
+            try:
+                got[k] = child.predict([raw[k % len(raw)]] if k % 5 else [raw[0], {"1": []}])
+            except MlflowException as exc:
+                got[k] = exc
+        threads = [threading.Thread(target=request, args=(k,)) for k in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for k in range(40):
+            if k % 5:
+                same(got[k], in_process.predict([raw[k % len(raw)]]))
+            else:
+                assert "sample 1: stroke 1: has no points" in str(got[k])
+
+        # the child dies with a request in flight (a big one: it cannot be answered already)
+        first = child.child.proc
+        outcome = []
+        in_flight = threading.Thread(target=lambda: outcome.append(_error_of(child.predict, raw * 300)))
+        in_flight.start()
+        while not child.child.pending:
+            time.sleep(0.001)
         first.kill()
-        first.wait()
-        with pytest.raises(RuntimeError, match=r"child process exited \(code -9\); the next request"):
-            child.predict(raw)
+        in_flight.join(120)
+        assert not in_flight.is_alive(), "the request in flight was never failed"
+        assert isinstance(outcome[0], RuntimeError)
+        assert re.search(r"child process exited \(code -9\); the next request", str(outcome[0]))
         same(child.predict(raw), in_process.predict(raw))
-        assert models.proc.pid != first.pid
-        second = models.proc
+        second = child.child.proc
+        assert second.pid != first.pid
     finally:
-        models.close()
+        child.close()
     assert second.returncode == 0  # it saw its socket close and returned; nothing killed it
+
+
+def _error_of(fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+    return None
 
 
 @pytest.mark.parametrize(

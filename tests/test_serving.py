@@ -149,6 +149,59 @@ def test_each_member_gets_the_input_its_config_asks_for():
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
 
 
+def test_requests_answered_as_one_batch_each_get_their_records_and_a_bad_one_only_its_error():
+    """What the served child does with the requests queued on its socket: one model call for all
+    their samples; each request gets the records `predict` gives it alone, and a request with a bad
+    sample gets its own error, naming the sample, while the others are answered."""
+    from kana.classes import class_set, get_class
+    from kana.serving import Recognizer
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("basic46")]
+    calls = []
+
+    def predict_probs(x):  # a different answer per sample: its raster's ink, spread over classes
+        calls.append(len(x))
+        ink = x.reshape(len(x), -1).sum(axis=1, keepdims=True)
+        logits = np.cos(ink * np.arange(1, len(ids) + 1) / 1000)
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    recognizer = Recognizer([(predict_probs, ModelConfig("m", "raster", ids, 120, 5, "basic46"))])
+    rng = np.random.default_rng(3)
+    samples = [synthesize_sample(get_class(c), rng) for c in ("a", "ke", "su", "no", "wa")]
+    requests = [samples[:2], [samples[2], {"1": []}], samples[2:]]
+    answers = recognizer.answer_requests(requests)
+    assert calls == [5]  # the two good requests' samples in one call
+    assert [status for status, _ in answers] == ["ok", "invalid", "ok"]
+    assert answers[1][1] == "sample 1: stroke 1: has no points"
+    alone = [recognizer.predict(r) for r in (requests[0], requests[2])]
+    assert [len(answers[0][1]), len(answers[2][1])] == [2, 3]
+    for got, want in zip((answers[0][1], answers[2][1]), alone):
+        assert [r["char_id"] for r in got] == [r["char_id"] for r in want]
+        np.testing.assert_allclose([r["top5_probabilities"] for r in got],
+                                   [r["top5_probabilities"] for r in want])
+    rows = {tuple(r["top5_probabilities"]) for r in answers[0][1] + answers[2][1]}
+    assert len(rows) == 5  # each sample its own answer, so a mix-up of rows would show
+
+
+def test_a_batch_whose_models_fail_fails_every_request_in_it():
+    from kana.classes import class_set
+    from kana.serving import Recognizer
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("basic46")]
+
+    def broken(x):
+        raise ValueError("out of memory, say")
+
+    recognizer = Recognizer([(broken, ModelConfig("m", "raster", ids, 120, 5, "basic46"))])
+    good = [{"1": [[0.0, 0.5], [0.0, -0.5]]}]
+    assert recognizer.answer_requests([good, good, []]) == [
+        ("error", "ValueError: out of memory, say"), ("error", "ValueError: out of memory, say"),
+        ("invalid", "no samples given")]
+
+
 def test_members_read_strokes_with_the_gap_filling_they_were_trained_with():
     """A model made before gap filling (max_gap 0) and one made with it, in one ensemble: each
     gets the raster its training data had."""
@@ -196,10 +249,10 @@ def test_the_heap_is_frozen_once_and_only_in_a_scoring_server(monkeypatch):
 
 
 def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path):
-    from kana.serving import ChildProcessModels
+    from kana.serving import ChildProcessRecognizer
 
     with pytest.raises(RuntimeError, match=r"could not load .*: FileNotFoundError.*members\.json"):
-        ChildProcessModels(str(tmp_path))
+        ChildProcessRecognizer(str(tmp_path))
 
 
 def test_a_pen_path_lstm_is_served_through_onnx_as_keras_reads_it(tmp_path):
