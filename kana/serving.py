@@ -410,12 +410,15 @@ class ChildProcessRecognizer:
                         job.wake.set()
         except (EOFError, OSError):
             pass
+        except Exception as exc:  # noqa: BLE001 - failed below, with every request waiting
+            child.fail(f"sent an answer that could not be read ({type(exc).__name__}: {exc})")
         with self.lock:
             if self.child is child:
                 self.child = None
             code = child.stop(kill=child.problem is not None)
             problem = (child.problem or "exited (code {code})").format(code=code)
-            error = RuntimeError(f"the models' child process {problem}; the next request starts a new one")
+            error = RuntimeError(f"the models' child process {problem}; "
+                                 "the next request starts a new one")
             for job in child.pending.values():
                 job.error = error
                 job.wake.set()
@@ -438,7 +441,7 @@ class ChildProcessRecognizer:
                 del child.pending[request_id]
                 raise
         if not job.wake.wait(self.ANSWER_TIMEOUT_S):
-            child.fail(f"did not answer within {self.ANSWER_TIMEOUT_S:.0f} s")
+            child.fail(f"did not answer within {self.ANSWER_TIMEOUT_S:g} s")
             job.wake.wait()
         if job.error is not None:
             raise job.error
@@ -454,7 +457,10 @@ class ChildProcessRecognizer:
         with self.lock:
             child, self.child = self.child, None
         if child is not None:
-            child.sock.shutdown(socket.SHUT_RDWR)
+            try:
+                child.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader; the child sees EOF
+            except OSError:
+                pass  # the reader has closed it already: the child had gone
             child.reader.join()
 
     def __del__(self):

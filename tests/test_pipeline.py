@@ -276,8 +276,15 @@ def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipelin
         assert isinstance(outcome[0], RuntimeError)
         assert re.search(r"child process exited \(code -9\); the next request", str(outcome[0]))
         same(child.predict(raw), in_process.predict(raw))
+        assert child.child.proc.pid != first.pid
+
+        # one that takes too long is killed the same way
+        child.ANSWER_TIMEOUT_S = 0.05
+        with pytest.raises(RuntimeError, match=r"did not answer within 0.05 s; the next request"):
+            child.predict(raw * 300)
+        child.ANSWER_TIMEOUT_S = ChildProcessRecognizer.ANSWER_TIMEOUT_S
+        same(child.predict(raw), in_process.predict(raw))
         second = child.child.proc
-        assert second.pid != first.pid
     finally:
         child.close()
     assert second.returncode == 0  # it saw its socket close and returned; nothing killed it
