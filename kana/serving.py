@@ -437,9 +437,12 @@ class ChildProcessRecognizer:
                 child.conn.send((request_id, samples))
             except OSError:
                 pass  # the child has gone: the reader fails this request, saying how
-            except Exception:  # noqa: BLE001 - it could not be pickled: nothing was sent
+            except Exception as exc:  # noqa: BLE001 - it could not be pickled: nothing was sent
                 del child.pending[request_id]
-                raise
+                raise MlflowException(
+                    f"expected samples of numbers; these cannot be sent to the models' child "
+                    f"process ({type(exc).__name__}: {exc})", error_code=INVALID_PARAMETER_VALUE,
+                ) from None
         if not job.wake.wait(self.ANSWER_TIMEOUT_S):
             child.fail(f"did not answer within {self.ANSWER_TIMEOUT_S:g} s")
             job.wake.wait()

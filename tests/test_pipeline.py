@@ -263,6 +263,9 @@ def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipelin
             else:
                 assert "sample 1: stroke 1: has no points" in str(got[k])
 
+        with pytest.raises(MlflowException, match="cannot be sent to the models' child process"):
+            child.predict([lambda: "not a sample"])  # in a user's process with KANA_CHILD_PROCESS=1
+
         # the child dies with a request in flight (a big one: it cannot be answered already)
         first = child.child.proc
         outcome = []
