@@ -446,9 +446,7 @@ class ChildProcessRecognizer:
         if not job.wake.wait(self.ANSWER_TIMEOUT_S):
             child.fail(f"did not answer within {self.ANSWER_TIMEOUT_S:g} s")
             job.wake.wait()
-        if job.error is not None:
-            raise job.error
-        status, out = job.out
+        status, out = job.result()  # raises the reader's error if the child went
         if status == "invalid":
             raise MlflowException(out, error_code=INVALID_PARAMETER_VALUE)
         if status != "ok":
