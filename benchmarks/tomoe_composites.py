@@ -73,20 +73,13 @@ def with_voicing_mark(base: list[np.ndarray], voiced: str, mark_size: float) -> 
 def with_small_kana(first: list[np.ndarray], small: list[np.ndarray], size: float) -> list[np.ndarray]:
     """A compound: `first`, then `small` scaled to `size` times first's longer side at its lower
     right (a gap of a tenth of it, bottoms aligned)."""
+    from kana.synth import normalised
+
     f_lo, f_hi = _box(first)
     extent = float((f_hi - f_lo).max())
-    s_lo, s_hi = _box(small)
-    scale = size * extent / max(float((s_hi - s_lo).max()), 1e-6)
-    scaled = [(s - s_lo) * scale for s in small]
-    shift = np.array([f_hi[0] + 0.1 * extent, f_lo[1]])
+    scaled = normalised(small, size * extent)
+    shift = np.array([f_hi[0] + 0.1 * extent, f_lo[1]]) - _box(scaled)[0]
     return [s.copy() for s in first] + [s + shift for s in scaled]
-
-
-def on_canvas(strokes: list[np.ndarray], span: float = 1.6) -> list[np.ndarray]:
-    """Centred on the canvas, the longer side `span` (the canvas spans 2)."""
-    lo, hi = _box(strokes)
-    scale = span / max(float((hi - lo).max()), 1e-6)
-    return [(s - (lo + hi) / 2) * scale for s in strokes]
 
 
 def composites(tomoe_dir: Path) -> list[tuple[str, str, list[np.ndarray]]]:
@@ -94,31 +87,34 @@ def composites(tomoe_dir: Path) -> list[tuple[str, str, list[np.ndarray]]]:
     group is "basic", "voiced" or "compound"."""
     from kana.classes import class_set
     from kana.strokes import load_raw_dir
+    from kana.synth import normalised
 
     by_char: dict[str, list[list[np.ndarray]]] = {}
     char_of = {c.char_id: c.character for c in class_set("all")}
     for s in load_raw_dir(tomoe_dir).samples:
-        by_char.setdefault(char_of[s.char_id], []).append([np.asarray(x, float) for x in s.strokes])
+        by_char.setdefault(char_of[s.char_id], []).append(s.strokes)
 
-    def kana_samples(ch: str) -> list[tuple[str, list[np.ndarray]]]:
-        """Samples of one kana (basic or voiced), each with how it was made."""
+    def kana_samples(ch: str) -> list[list[np.ndarray]]:
+        """Samples of one kana: its templates, or for a voiced kana its base's with each mark size."""
         if ch in by_char:
-            return [("", s) for s in by_char[ch]]
+            return by_char[ch]
         base = unicodedata.normalize("NFD", ch)[0]
-        return [(f"mark x{m:.2f}", with_voicing_mark(s, ch, m))
-                for s in by_char.get(base, []) for m in MARK_SIZES]
+        return [with_voicing_mark(s, ch, m) for s in by_char.get(base, []) for m in MARK_SIZES]
+
+    def on_canvas(strokes):  # centred, the longer side 80% of the canvas (which spans 2)
+        return normalised(strokes, 1.6)
 
     out = []
     for c in class_set("all"):
         if c.is_compound:
             first, small = c.character[0], FULL_SIZE[c.character[1]]
-            for _, f in kana_samples(first):
+            for f in kana_samples(first):
                 for sm in by_char.get(small, []):
                     for size in SMALL_SIZES:
                         out.append((c.char_id, "compound", on_canvas(with_small_kana(f, sm, size))))
         else:
             group = "basic" if c.character in by_char else "voiced"
-            out.extend((c.char_id, group, on_canvas(s)) for _, s in kana_samples(c.character))
+            out.extend((c.char_id, group, on_canvas(s)) for s in kana_samples(c.character))
     return out
 
 

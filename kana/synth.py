@@ -315,7 +315,7 @@ def _hook(stroke: np.ndarray, towards: np.ndarray, rng: np.random.Generator) -> 
     return np.vstack([stroke, tail])
 
 
-def _normalised(strokes, extent: float) -> list[np.ndarray]:
+def normalised(strokes, extent: float) -> list[np.ndarray]:
     """Strokes moved so their bounding box is centred on 0 and scaled to `extent` (max side)."""
     allpts = np.vstack(strokes)
     lo, hi = allpts.min(axis=0), allpts.max(axis=0)
@@ -417,8 +417,8 @@ def _template(kana: KanaClass, rng: np.random.Generator) -> tuple[list[np.ndarra
     trained on this range). Also returns a compound's base stroke count."""
     if not kana.is_compound:
         return [s.copy() for s in glyph_strokes(kana.character)], None
-    base = _normalised(glyph_strokes(kana.character[0]), 1.0)
-    small = _normalised(glyph_strokes(kana.character[1]), rng.uniform(0.35, 0.8))
+    base = normalised(glyph_strokes(kana.character[0]), 1.0)
+    small = normalised(glyph_strokes(kana.character[1]), rng.uniform(0.35, 0.8))
     base_lo, base_hi = np.vstack(base).min(axis=0), np.vstack(base).max(axis=0)
     small_lo = np.vstack(small).min(axis=0)
     gap = rng.uniform(0.03, 0.2)
