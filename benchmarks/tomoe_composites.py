@@ -91,7 +91,10 @@ def composites(tomoe_dir: Path) -> list[tuple[str, str, list[np.ndarray]]]:
 
     by_char: dict[str, list[list[np.ndarray]]] = {}
     char_of = {c.char_id: c.character for c in class_set("all")}
-    for s in load_raw_dir(tomoe_dir).samples:
+    report = load_raw_dir(tomoe_dir)
+    for r in report.rejections:  # the rest are still used
+        print(f"template skipped: {r.message}", file=sys.stderr)
+    for s in report.samples:
         by_char.setdefault(char_of[s.char_id], []).append(s.strokes)
 
     def kana_samples(ch: str) -> list[list[np.ndarray]]:

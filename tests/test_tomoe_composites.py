@@ -81,3 +81,16 @@ def test_written_files_load_back_as_their_classes(templates, tmp_path):
     report = load_raw_dir(tmp_path / "out")
     assert not report.rejections
     assert sorted(s.char_id for s in report.samples) == sorted(cid for cid, _, _ in samples)
+
+
+def test_a_bad_template_is_named_and_the_others_still_used(templates, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "templates"
+    shutil.copytree(templates, folder)
+    (folder / "ko00009.pickle").write_bytes(b"not a pickle")
+    (folder / "xx00010.pickle").write_bytes(b"")
+    samples = tomoe_composites.composites(folder)
+    err = capsys.readouterr().err
+    assert "template skipped: ko00009.pickle" in err and "xx00010.pickle" in err
+    assert {cid for cid, _, _ in samples} == {cid for cid, _, _ in tomoe_composites.composites(templates)}
