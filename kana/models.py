@@ -15,7 +15,8 @@
 - `augmentation`: the notebook's training distortions (small rotation, shift, shear, zoom; never
   mirrored) as Keras preprocessing layers, applied in the input pipeline only.
 - `distort_pen_paths`: the LSTM's counterpart, on the resampled pen paths before they become its
-  input (the notebook's LSTM had none); `move_one_stroke`, its stroke-order counterpart.
+  input (the notebook's LSTM had none): each stroke moved on its own (`distort_each_stroke`),
+  then the whole character; `move_one_stroke`, its stroke-order counterpart.
 """
 
 from __future__ import annotations
@@ -111,12 +112,43 @@ def augmentation(seed: int) -> keras.Sequential:
     )
 
 
-def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Each sample's resampled strokes (n_strokes, n_points, 2) redrawn with its own small slant
-    (4 degrees), shear (0.15), aspect (10%) about its centre, and each stroke shifted by about
-    1.5% of the character's size (sigma): every epoch shows the LSTM a new variant of each sample,
-    as `augmentation` does for the CNNs. Position and size need none: the LSTM's input is fitted
-    to the character's box."""
+def distort_each_stroke(resampled: list[np.ndarray], rng: np.random.Generator,
+                        strength: float = 1.0) -> list[np.ndarray]:
+    """Each stroke on its own turned (up to 8 degrees), stretched or shrunk (up to 15% along x and
+    y) about its own centre and shifted (sigma 3% of the character's size), times `strength`.
+
+    The synthesizer already places each stroke a little off, but once per sample; here every
+    epoch draws anew, so the LSTM does not learn one sample's stroke layout. On two seeds it read
+    3-4 more of Tomoe's 47 real templates (the README's "What to expect")."""
+    counts = np.array([len(strokes) for strokes in resampled])
+    n_points = resampled[0].shape[1]
+    flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
+    ends = np.cumsum(counts * n_points)
+    lo, hi = sample_boxes(flat.T.copy(), ends - counts * n_points)
+    size = np.repeat(np.maximum((hi - lo).max(axis=0), 1e-6), counts)[:, None, None]
+    n = int(counts.sum())
+    strokes = flat.reshape(n, n_points, 2)
+    centre = strokes.mean(axis=1, keepdims=True)
+    turn = np.deg2rad(rng.uniform(-8 * strength, 8 * strength, n))
+    cos, sin = np.cos(turn), np.sin(turn)
+    m = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    m = m * rng.uniform(1 - 0.15 * strength, 1 + 0.15 * strength, (n, 1, 2))
+    shift = rng.normal(0.0, 0.03 * strength, (n, 1, 2)) * size
+    moved = (np.einsum("sij,spj->spi", m, strokes - centre) + centre + shift).astype(np.float32)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [moved[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator,
+                      stroke_distortion: float = 1.0) -> list[np.ndarray]:
+    """Each sample's resampled strokes (n_strokes, n_points, 2) redrawn with each stroke moved on
+    its own (`distort_each_stroke`, at `stroke_distortion`; 0 skips it), then with the sample's own
+    small slant (4 degrees), shear (0.15), aspect (10%) about its centre, and each stroke shifted
+    by about 1.5% of the character's size (sigma): every epoch shows the LSTM a new variant of
+    each sample, as `augmentation` does for the CNNs. Position and size need none: the LSTM's
+    input is fitted to the character's box."""
+    if stroke_distortion:
+        resampled = distort_each_stroke(resampled, rng, stroke_distortion)
     n = len(resampled)
     turn = np.deg2rad(rng.uniform(-4, 4, n))
     cos, sin = np.cos(turn), np.sin(turn)

@@ -192,9 +192,9 @@ def _fit(model, x_train, y_train, x_val, y_val, *, epochs, batch_size, patience,
 
 def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
                                labels: np.ndarray, batch_size: int, seed: int,
-                               stroke_moves: float = 0.0):
+                               stroke_moves: float = 0.0, stroke_distortion: float = 1.0):
     """The LSTM's training batches, each sample's pen path redrawn by `models.distort_pen_paths`
-    every epoch (and for `stroke_moves` of them, one stroke moved: `models.move_one_stroke`), then
+    (its strokes each moved on their own at `stroke_distortion`) every epoch (and for `stroke_moves` of them, one stroke moved: `models.move_one_stroke`), then
     turned into the LSTM's input as serving does. The order and the distortions come from (seed,
     epoch, batch), so a run repeats exactly."""
     import keras
@@ -218,7 +218,7 @@ def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
         def __getitem__(self, i):
             rows = self.order[i * batch_size : (i + 1) * batch_size]
             rng = np.random.default_rng([seed, self.epoch, i])
-            paths = distort_pen_paths([resampled[k] for k in rows], rng)
+            paths = distort_pen_paths([resampled[k] for k in rows], rng, stroke_distortion)
             if stroke_moves:
                 paths = move_one_stroke(paths, tails[rows], rng, stroke_moves)
             return model_inputs(config, paths), labels[rows]
@@ -257,11 +257,13 @@ def train_family(
     extra_tags: dict | None = None,
     input_options: dict | None = None,
     stroke_moves: float = 0.0,
+    stroke_distortion: float = 1.0,
 ) -> str:
     """Train one family on a processed dataset and log everything; returns the run id.
 
     `build_model(config, ds)` returns an uncompiled Keras model; `input_options` set the config's
-    input fields (`fit_box`, `stroke_order`); `stroke_moves`: see `distorted_pen_path_batches`.
+    input fields (`fit_box`, `stroke_order`); `stroke_moves`, `stroke_distortion`: see
+    `distorted_pen_path_batches`.
     """
     import mlflow
 
@@ -306,7 +308,7 @@ def train_family(
         if augment and config.takes_pen_paths:
             pen_paths = distorted_pen_path_batches(
                 config, [ds.resampled(i) for i in idx["train"]], y["train"], batch_size, seed,
-                stroke_moves)
+                stroke_moves, stroke_distortion)
         # the LSTM's training input is made batch by batch then: not all at once (300 MB) as well
         x = {s: dataset_inputs(config, ds, i) for s, i in idx.items()
              if not (s == "train" and pen_paths is not None)}
@@ -429,12 +431,14 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
                fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1,
                encoding: str = "strokes", pen_path_points: int = features.PEN_PATH_POINTS,
-               stroke_moves: float = 0.0) -> str:
+               stroke_moves: float = 0.0, stroke_distortion: float = 1.0) -> str:
     """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
     --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
     cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
     used the canvas coordinates as drawn). `augment` redraws each training sample's pen path with
-    a small random slant, shear, aspect and stroke shifts every epoch (`models.distort_pen_paths`).
+    a small random slant, shear, aspect and stroke shifts every epoch (`models.distort_pen_paths`),
+    after moving each stroke on its own: turned, stretched and shifted a little, times
+    `stroke_distortion` (`models.distort_each_stroke`; 0: the whole character only, as before).
     `encoding`: "strokes", the notebook's (each stroke's points in columns of their own,
     `features.lstm_tensors`; family `lstm`), or "pen_path", the whole path as one sequence of
     `pen_path_points` points with a pen-down flag (`features.pen_path_tensors`; family
@@ -448,6 +452,8 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
         raise ValueError(f"encoding: expected one of {sorted(LSTM_ENCODINGS)}, got {encoding!r}")
     if not 0.0 <= stroke_moves <= 1.0:
         raise ValueError(f"stroke_moves: expected a share between 0 and 1, got {stroke_moves}")
+    if stroke_distortion < 0:
+        raise ValueError(f"stroke_distortion: expected 0 or more, got {stroke_distortion}")
     if stroke_moves and not augment:
         raise ValueError("stroke_moves: strokes are moved in the augmented training batches; "
                          "it needs augment=1")
@@ -463,10 +469,12 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     return train_family(
         LSTM_ENCODINGS[encoding], build, {"units": units, "dropout": dropout, "dense_units": dense_units,
                         "downsample": downsample, "fit_box": fit_box, "encoding": encoding,
-                        "pen_path_points": options["pen_path_points"], "stroke_moves": stroke_moves},
+                        "pen_path_points": options["pen_path_points"], "stroke_moves": stroke_moves,
+                        "stroke_distortion": stroke_distortion},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
         augment=augment, input_options=options, stroke_moves=stroke_moves,
+        stroke_distortion=stroke_distortion,
     )
 
 

@@ -85,6 +85,20 @@ def _resampled_samples(n=10, seed=0):
     return resample_samples(samples, 120, 0.02)
 
 
+def _linear_parts(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Per stroke, the 2x2 linear part of the affine map that takes `before` to `after`, checked
+    to be affine (each stroke moves as a whole: no stroke is bent); NaN for a nearly straight
+    stroke, whose map is not determined across it."""
+    parts = []
+    for stroke, new in zip(before, after):
+        design = np.c_[stroke, np.ones(len(stroke))]
+        fit, *_ = np.linalg.lstsq(design, new, rcond=None)
+        np.testing.assert_allclose(design @ fit, new, atol=1e-5)
+        spread = np.linalg.svd(stroke - stroke.mean(axis=0), compute_uv=False)
+        parts.append(fit[:2].T if spread[1] > 0.2 * spread[0] else np.full((2, 2), np.nan))
+    return np.array(parts)
+
+
 def test_pen_path_distortion_is_small_keeps_the_strokes_and_repeats_with_its_seed():
     from kana.models import distort_pen_paths
 
@@ -92,18 +106,49 @@ def test_pen_path_distortion_is_small_keeps_the_strokes_and_repeats_with_its_see
     a = distort_pen_paths(samples, np.random.default_rng(5))
     b = distort_pen_paths(samples, np.random.default_rng(5))
     c = distort_pen_paths(samples, np.random.default_rng(6))
-    for s, x, y, z in zip(samples, a, b, c):
-        assert x.shape == s.shape and x.dtype == np.float32
+    whole = distort_pen_paths(samples, np.random.default_rng(5), stroke_distortion=0)
+    moved_alone = compared = 0
+    for s, x, y, z, w in zip(samples, a, b, c, whole):
+        assert x.shape == s.shape and x.dtype == np.float32 and w.shape == s.shape
         np.testing.assert_array_equal(x, y)
         assert not np.allclose(x, z)
         size = np.ptp(s.reshape(-1, 2), axis=0).max()
-        moved = np.hypot(*(x - s).reshape(-1, 2).T)
-        # 4 degrees, shear 0.15, aspect 10% about the centre, stroke shifts of sigma 1.5% of the size
-        assert 0 < moved.max() < 0.35 * size
-        # each stroke moves as a whole: its shape is an affine image of the original
-        for stroke, new in zip(s, x):
-            fit, *_ = np.linalg.lstsq(np.c_[stroke, np.ones(len(stroke))], new, rcond=None)
-            np.testing.assert_allclose(np.c_[stroke, np.ones(len(stroke))] @ fit, new, atol=1e-5)
+        # 4 degrees, shear 0.15, aspect 10% about the centre, stroke shifts of sigma 1.5% of the
+        # size; by default each stroke also turned, stretched and shifted (sigma 3%) on its own
+        assert 0 < np.hypot(*(w - s).reshape(-1, 2).T).max() < 0.35 * size
+        assert 0 < np.hypot(*(x - s).reshape(-1, 2).T).max() < 0.6 * size
+        # every stroke an affine image of itself; without the strokes' own moves, all of a
+        # sample's strokes share one linear map (the whole character's)
+        curved = ~np.isnan(_linear_parts(s, w)[:, 0, 0])
+        whole_parts, parts = _linear_parts(s, w)[curved], _linear_parts(s, x)[curved]
+        if len(whole_parts) > 1:
+            np.testing.assert_allclose(whole_parts, whole_parts[:1].repeat(len(whole_parts), 0), atol=1e-3)
+            moved_alone += not np.allclose(parts, parts[:1].repeat(len(parts), 0), atol=1e-3)
+            compared += 1
+    assert compared >= 5 and moved_alone == compared
+
+
+def test_each_stroke_is_turned_stretched_and_shifted_on_its_own_within_its_bounds():
+    """`distort_each_stroke` on known strokes: each an L of size 0.4 whose map, fitted back, is a
+    turn of at most 8 degrees times a stretch of 0.85-1.15 along x and y, about the stroke's
+    centre, with the centre shifted (sigma 3% of the character's size); strength 0 leaves it."""
+    from kana.models import distort_each_stroke
+
+    ell = np.r_[np.c_[np.zeros(60), np.linspace(0.4, 0, 60)], np.c_[np.linspace(0, 0.4, 60), np.zeros(60)]]
+    sample = np.stack([ell + [-0.6, 0.2], ell + [0.2, 0.2], ell + [-0.2, -0.6]]).astype(np.float32)
+    size = 1.2  # the three Ls span [-0.6, 0.6] along x and y
+    moved = distort_each_stroke([sample] * 400, np.random.default_rng(1))
+    parts = np.concatenate([_linear_parts(sample, m) for m in moved])
+    turn = np.degrees(np.arctan2(parts[:, 1, 0], parts[:, 0, 0]))  # the first column's angle
+    stretch = np.linalg.norm(parts, axis=1)  # each column's length: the stretch along x and y
+    assert np.abs(turn).max() <= 8.0 + 1e-3 and np.abs(turn).max() > 7.0
+    assert 0.85 - 1e-4 <= stretch.min() < 0.87 and 1.13 < stretch.max() <= 1.15 + 1e-4
+    shifts = np.concatenate([m.mean(axis=1) - sample.mean(axis=1) for m in moved])
+    assert abs(shifts.std() / size - 0.03) < 0.003 and abs(shifts.mean()) < 0.005
+    np.testing.assert_allclose(distort_each_stroke([sample], np.random.default_rng(1), strength=0)[0],
+                               sample, atol=1e-6)
+    half = distort_each_stroke([sample] * 400, np.random.default_rng(1), strength=0.5)
+    assert np.abs(np.degrees(np.arctan2(*_linear_parts(sample, half[0])[:, ::-1, 0].T))).max() <= 4.0 + 1e-3
 
 
 def test_lstm_training_batches_are_distorted_anew_each_epoch_and_repeat_with_the_seed():
@@ -160,6 +205,8 @@ def test_each_lstm_encoding_gets_its_own_input_from_the_same_pen_paths():
         train_lstm(stroke_moves=10)
     with pytest.raises(ValueError, match="stroke_moves: .* it needs augment=1"):
         train_lstm(stroke_moves=0.1, augment=0)
+    with pytest.raises(ValueError, match="stroke_distortion: expected 0 or more, got -1"):
+        train_lstm(stroke_distortion=-1)
     with pytest.raises(ValueError, match="pen_path_points: expected at least 2 points, got 1"):
         train_lstm(encoding="pen_path", pen_path_points=1)
 
