@@ -200,8 +200,11 @@ def test_draw_see_guess_undo_save_in_chromium(page, browser, tmp_path):
     count = driver.find_element(By.ID, "count")
 
     def top_guess():
-        items = driver.find_elements(By.CSS_SELECTOR, "#guesses li")
-        return items[0].get_attribute("data-char-id") if items else None
+        # read in one script: the page replaces the list when a guess comes back, and an element
+        # found in one WebDriver call can be gone by the next (a stale element reference)
+        return driver.execute_script(
+            "const li = document.querySelector('#guesses li');"
+            " return li ? li.getAttribute('data-char-id') : null;")
 
     for k, stroke in enumerate(strokes):
         _draw_stroke(driver, canvas, stroke)
