@@ -118,8 +118,8 @@ def distort_each_stroke(resampled: list[np.ndarray], rng: np.random.Generator,
     y) about its own centre and shifted (sigma 3% of the character's size), times `strength`.
 
     The synthesizer already places each stroke a little off, but once per sample; here every
-    epoch draws anew, so the LSTM does not learn one sample's stroke layout. On two seeds it read
-    3-4 more of Tomoe's 47 real templates (the README's "What to expect")."""
+    epoch draws anew, so the LSTM does not learn one sample's stroke layout. Over three seeds it
+    read 3, 4 and 0 more of Tomoe's 47 real templates (the README's "What to expect")."""
     counts = np.array([len(strokes) for strokes in resampled])
     n_points = resampled[0].shape[1]
     flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
