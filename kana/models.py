@@ -112,6 +112,16 @@ def augmentation(seed: int) -> keras.Sequential:
     )
 
 
+def _flat_points(resampled: list[np.ndarray]):
+    """A batch's points as one float64 (n, 2) array, with each sample's stroke count, the points a
+    stroke and each sample's first and end rows in it: the distortions work on the whole batch."""
+    counts = np.array([len(strokes) for strokes in resampled])
+    n_points = resampled[0].shape[1]
+    flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
+    ends = np.cumsum(counts * n_points)
+    return flat, counts, n_points, ends - counts * n_points, ends
+
+
 def distort_each_stroke(resampled: list[np.ndarray], rng: np.random.Generator,
                         strength: float = 1.0) -> list[np.ndarray]:
     """Each stroke on its own turned (up to 8 degrees), stretched or shrunk (up to 15% along x and
@@ -120,11 +130,8 @@ def distort_each_stroke(resampled: list[np.ndarray], rng: np.random.Generator,
     The synthesizer already places each stroke a little off, but once per sample; here every
     epoch draws anew, so the LSTM does not learn one sample's stroke layout. Over three seeds it
     read 3, 4 and 0 more of Tomoe's 47 real templates (the README's "What to expect")."""
-    counts = np.array([len(strokes) for strokes in resampled])
-    n_points = resampled[0].shape[1]
-    flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
-    ends = np.cumsum(counts * n_points)
-    lo, hi = sample_boxes(flat.T.copy(), ends - counts * n_points)
+    flat, counts, n_points, starts, _ = _flat_points(resampled)
+    lo, hi = sample_boxes(flat.T.copy(), starts)
     size = np.repeat(np.maximum((hi - lo).max(axis=0), 1e-6), counts)[:, None, None]
     n = int(counts.sum())
     strokes = flat.reshape(n, n_points, 2)
@@ -157,11 +164,7 @@ def distort_pen_paths(resampled: list[np.ndarray], rng: np.random.Generator,
     m = np.stack([np.stack([cos, cos * shear - sin], -1), np.stack([sin, sin * shear + cos], -1)], -2)
     m = m * rng.uniform(0.9, 1.1, (n, 1, 2))
     # every point of the batch in one array, with its sample's matrix, centre and size
-    counts = np.array([len(strokes) for strokes in resampled])
-    n_points = resampled[0].shape[1]
-    flat = np.concatenate([strokes.reshape(-1, 2) for strokes in resampled]).astype(np.float64)
-    ends = np.cumsum(counts * n_points)
-    starts = ends - counts * n_points
+    flat, counts, n_points, starts, ends = _flat_points(resampled)
     lo, hi = sample_boxes(flat.T.copy(), starts)
     centre, size = ((lo + hi) / 2).T, np.maximum((hi - lo).max(axis=0), 1e-6)
     sample = np.repeat(np.arange(n), counts * n_points)

@@ -194,8 +194,9 @@ def distorted_pen_path_batches(config: ModelConfig, resampled: list[np.ndarray],
                                labels: np.ndarray, batch_size: int, seed: int,
                                stroke_moves: float = 0.0, stroke_distortion: float = 1.0):
     """The LSTM's training batches, each sample's pen path redrawn by `models.distort_pen_paths`
-    (its strokes each moved on their own at `stroke_distortion`) every epoch (and for `stroke_moves` of them, one stroke moved: `models.move_one_stroke`), then
-    turned into the LSTM's input as serving does. The order and the distortions come from (seed,
+    (its strokes each moved on their own at `stroke_distortion`) every epoch (and for
+    `stroke_moves` of them, one stroke moved: `models.move_one_stroke`), then turned into the
+    LSTM's input as serving does. The order and the distortions come from (seed,
     epoch, batch), so a run repeats exactly."""
     import keras
 
@@ -452,7 +453,7 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
         raise ValueError(f"encoding: expected one of {sorted(LSTM_ENCODINGS)}, got {encoding!r}")
     if not 0.0 <= stroke_moves <= 1.0:
         raise ValueError(f"stroke_moves: expected a share between 0 and 1, got {stroke_moves}")
-    if stroke_distortion < 0:
+    if not 0 <= stroke_distortion < float("inf"):  # NaN fails this too
         raise ValueError(f"stroke_distortion: expected 0 or more, got {stroke_distortion}")
     if stroke_moves and not augment:
         raise ValueError("stroke_moves: strokes are moved in the augmented training batches; "

@@ -119,8 +119,9 @@ def test_pen_path_distortion_is_small_keeps_the_strokes_and_repeats_with_its_see
         assert 0 < np.hypot(*(x - s).reshape(-1, 2).T).max() < 0.6 * size
         # every stroke an affine image of itself; without the strokes' own moves, all of a
         # sample's strokes share one linear map (the whole character's)
-        curved = ~np.isnan(_linear_parts(s, w)[:, 0, 0])
-        whole_parts, parts = _linear_parts(s, w)[curved], _linear_parts(s, x)[curved]
+        whole_parts = _linear_parts(s, w)
+        curved = ~np.isnan(whole_parts[:, 0, 0])
+        whole_parts, parts = whole_parts[curved], _linear_parts(s, x)[curved]
         if len(whole_parts) > 1:
             np.testing.assert_allclose(whole_parts, whole_parts[:1].repeat(len(whole_parts), 0), atol=1e-3)
             moved_alone += not np.allclose(parts, parts[:1].repeat(len(parts), 0), atol=1e-3)
@@ -207,6 +208,9 @@ def test_each_lstm_encoding_gets_its_own_input_from_the_same_pen_paths():
         train_lstm(stroke_moves=0.1, augment=0)
     with pytest.raises(ValueError, match="stroke_distortion: expected 0 or more, got -1"):
         train_lstm(stroke_distortion=-1)
+    for bad in ("nan", "inf"):
+        with pytest.raises(ValueError, match=f"stroke_distortion: expected 0 or more, got {bad}"):
+            train_lstm(stroke_distortion=float(bad))
     with pytest.raises(ValueError, match="pen_path_points: expected at least 2 points, got 1"):
         train_lstm(encoding="pen_path", pen_path_points=1)
 
