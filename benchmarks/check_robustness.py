@@ -17,7 +17,8 @@ by default, all classes the models know), read by the Keras models each training
 - one stroke, chosen at random, drawn backwards (from its end to its start);
 - the voicing mark (゛ or ゜) a third of its size, or tapped (each of its strokes 1-3 points
   where it was), on the voiced samples only (が, ぱ, ぎゃ...);
-- a compound's small kana (ゃ, ゅ, ょ) twice its size, nearly as big as the kana before it;
+- a compound's small kana (ゃ, ゅ, ょ) twice its size, nearly as big as the kana before it, or
+  under the kana in the right half of its column, as vertical text sets it;
 - recorded as a pen dictionary does, each stroke its turning points alone: the fewest points
   that stay within 4% of the character's size of its path, or within 8% (about 4 points a stroke
   on average, as in Tomoe's templates);
@@ -80,6 +81,20 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         centre = np.vstack(s[-n:]).mean(axis=0)
         return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
 
+    def small_kana_under(s, cid):
+        """A compound's small kana moved under the kana, in the right half of its column, as
+        vertical text sets it (then the whole fitted back into the canvas)."""
+        kana = get_class(cid)
+        if not kana.is_compound or len(s) != sum(len(glyph_strokes(c)) for c in kana.character):
+            return None
+        n = len(glyph_strokes(kana.character[1]))
+        base, small = np.vstack(s[:-n]), np.vstack(s[-n:])
+        gap = 0.1 * np.ptp(base[:, 1])
+        shift = np.array([(base[:, 0].min() + base[:, 0].max()) / 2 - small[:, 0].min(),
+                          base[:, 1].min() - gap - small[:, 1].max()])
+        moved = s[:-n] + [x + shift for x in s[-n:]]
+        return placed(moved, min(float(np.ptp(np.vstack(moved), axis=0).max()), 1.9), (0, 0))
+
     def joined_off_table(s, cid):
         """The two strokes with the closest end-to-start gap joined, where the table allows no
         fewer strokes."""
@@ -131,6 +146,7 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
             "voicing mark tapped": lambda s, cid: changed_mark(s, cid, 0),
             "small kana twice its size": big_small_kana,
+            "small kana under it (vertical text)": small_kana_under,
             "two strokes joined, off the table": joined_off_table,
             "a stray dot, off the table": stray_dot,
             "any two strokes joined, off table": joined_anywhere,
@@ -175,7 +191,7 @@ def main():
 
     rng = np.random.default_rng(2024)
     textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "messiness": 1.0,
-                "off_table_join": 0.0}
+                "off_table_join": 0.0, "vertical_compound": 0.0}
     base = [(cid, synthesize_sample(get_class(cid), rng, **textbook))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes

@@ -28,7 +28,8 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
   third to four fifths of KanjiVG's size: KanjiVG draws every ゛ and ゜ the same size, and the
   CNNs trained on that read 68-71% of samples whose marks were a third of it (a tiny ゜ was missed);
 - compounds (きゃ...) are a full kana plus a small ゃ/ゅ/ょ at lower right, a third to four fifths
-  its size.
+  its size; one in five is written as vertical text sets it, the small kana under the kana in the
+  right half of its column.
 
 Everything is driven by one numpy Generator, so a seed gives the same samples on every machine.
 """
@@ -352,6 +353,9 @@ MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (
 # share of kana samples with two strokes joined where the class's table allows no fewer strokes:
 # people who do not lift the pen between two strokes (the table's count is the textbook's)
 OFF_TABLE_JOINS = 0.1
+# share of compound samples written as vertical text sets them: the small kana under the kana, in
+# the right half of its column (ensembles trained on the lower right alone read 66-73% of them)
+VERTICAL_COMPOUNDS = 0.2
 
 
 def fixed_tail_strokes(kana: KanaClass | str) -> int:
@@ -410,22 +414,30 @@ def split_at_first_corner(stroke: np.ndarray, rng: np.random.Generator) -> list[
     return [tick, rest]
 
 
-def _template(kana: KanaClass, rng: np.random.Generator) -> tuple[list[np.ndarray], int | None]:
+def _template(kana: KanaClass, rng: np.random.Generator,
+              vertical_compound: float = 0.0) -> tuple[list[np.ndarray], int | None]:
     """The KanjiVG strokes of a class; compounds are a full kana plus a small kana at lower right,
     a third to four fifths its size (people write きゃ's ゃ anywhere in that range; redrawn twice
     its size, the compounds were read 93.6% by an ensemble trained on 0.4-0.6 and 97.5% by one
-    trained on this range). Also returns a compound's base stroke count."""
+    trained on this range), or, with chance `vertical_compound`, under the kana in the right half
+    of its column, as vertical text sets it. Also returns a compound's base stroke count."""
     if not kana.is_compound:
         return [s.copy() for s in glyph_strokes(kana.character)], None
     base = normalised(glyph_strokes(kana.character[0]), 1.0)
     small = normalised(glyph_strokes(kana.character[1]), rng.uniform(0.35, 0.8))
     base_lo, base_hi = np.vstack(base).min(axis=0), np.vstack(base).max(axis=0)
-    small_lo = np.vstack(small).min(axis=0)
+    small_lo, small_hi = np.vstack(small).min(axis=0), np.vstack(small).max(axis=0)
     gap = rng.uniform(0.03, 0.2)
-    shift = np.array([
-        base_hi[0] + gap - small_lo[0],
-        base_lo[1] + rng.uniform(-0.05, 0.12) - small_lo[1],  # bottoms roughly aligned
-    ])
+    if vertical_compound and rng.random() < vertical_compound:  # no draw at 0: samples as before
+        shift = np.array([
+            (base_lo[0] + base_hi[0]) / 2 + rng.uniform(-0.1, 0.2) - small_lo[0],  # right half
+            base_lo[1] - gap - small_hi[1],
+        ])
+    else:
+        shift = np.array([
+            base_hi[0] + gap - small_lo[0],
+            base_lo[1] + rng.uniform(-0.05, 0.12) - small_lo[1],  # bottoms roughly aligned
+        ])
     return base + [s + shift for s in small], len(base)
 
 
@@ -438,6 +450,7 @@ def synthesize_sample(
     small_marks: float = SMALL_MARKS,
     messiness: float | None = None,
     off_table_join: float = OFF_TABLE_JOINS,
+    vertical_compound: float = VERTICAL_COMPOUNDS,
 ) -> list[np.ndarray]:
     """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
     app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up. `order_slip`: the
@@ -447,14 +460,16 @@ def synthesize_sample(
     `messiness`: scales how far each stroke strays from its place and how much the character
     bends (2: twice as far; default: 1, or for a kana class, for MESSY_WRITERS of the samples,
     drawn between 1 and 2), `off_table_join`: for a kana class, the chance of two strokes
-    joined where its table allows no fewer strokes (0: only the table's counts)."""
+    joined where its table allows no fewer strokes (0: only the table's counts),
+    `vertical_compound`: for a compound, the chance of its small kana written under the kana, as
+    in vertical text (0: always at its lower right)."""
     if messiness is not None and not 0 <= messiness <= 4:
         raise ValueError(f"messiness must be between 0 and 4, got {messiness}")
     n_base = None
     if isinstance(kana, str):
         strokes = [s.copy() for s in glyph_strokes(kana)]
     else:
-        strokes, n_base = _template(kana, rng)
+        strokes, n_base = _template(kana, rng, vertical_compound)
         allowed_counts = allowed_counts or kana.stroke_counts
         if messiness is None and rng.random() < MESSY_WRITERS:
             messiness = rng.uniform(1.0, 2.0)

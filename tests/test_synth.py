@@ -111,7 +111,7 @@ def test_compounds_put_the_small_kana_at_the_lower_right():
     right = lower = 0
     sizes = []
     for _ in range(40):
-        sample = synthesize_sample(get_class("kya"), rng)
+        sample = synthesize_sample(get_class("kya"), rng, vertical_compound=0.0)
         assert len(sample) in (6, 7)  # joins stay inside き: ゃ keeps its 3 strokes
         base, small = np.vstack(sample[:-3]), np.vstack(sample[-3:])
         right += centre(small)[0] > centre(base)[0]
@@ -122,6 +122,24 @@ def test_compounds_put_the_small_kana_at_the_lower_right():
     # a third to four fifths of the base kana's size, give or take the per-stroke scatter
     assert np.median(sizes) < 0.7 and min(sizes) < 0.4 and max(sizes) > 0.75
     assert np.mean(np.array(sizes) < 1.0) >= 0.95
+
+
+def test_some_compounds_are_written_as_vertical_text_sets_them():
+    def parts(sample):
+        return np.vstack(sample[:-3]), np.vstack(sample[-3:])  # き (joined or not), then ゃ
+
+    rng = np.random.default_rng(4)
+    for _ in range(30):  # always: the small kana under the kana, in the right half of its column
+        base, small = parts(synthesize_sample(get_class("kya"), rng, vertical_compound=1.0))
+        small_centre = (small.min(axis=0) + small.max(axis=0)) / 2
+        assert small_centre[1] < base[:, 1].min() + 0.05 * np.ptp(base[:, 1])  # y up: below it
+        assert base[:, 0].min() < small_centre[0] and small.min(axis=0)[0] < base[:, 0].max()
+    under = []
+    for _ in range(300):  # by default, one compound in five (VERTICAL_COMPOUNDS)
+        base, small = parts(synthesize_sample(get_class("kya"), rng))
+        small_centre_y = (small[:, 1].min() + small[:, 1].max()) / 2
+        under.append(small_centre_y < base[:, 1].min() + 0.05 * np.ptp(base[:, 1]))
+    assert 0.13 < np.mean(under) < 0.27
 
 
 def test_turning_points_keep_ends_and_corners():
