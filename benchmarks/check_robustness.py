@@ -25,7 +25,8 @@ by default, all classes the models know), read by the Keras models each training
 - a stroke count the class's table does not allow, which the models' stroke-count prior weighs
   against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into one where the table allows
   no fewer (the closest pair, as a tenth of training's samples are joined; or any pair, chosen at
-  random), or a stray dot (1-3 points) added where it allows no more;
+  random), or a stray dot (1-3 points) added, or the longest stroke lifted at its middle, where it
+  allows no more;
 - a messier writer: fresh samples (another seed) whose strokes stray twice or three times as far
   from their places, and whose characters bend as much more, as the synthesizer's usual writer
   (`synthesize_sample(messiness=...)`; training has a third of its samples at 1-2x).
@@ -121,6 +122,15 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         bridge = np.linspace(s[i][-1], s[i + 1][0], 8)[1:-1]
         return s[:i] + [np.vstack([s[i], bridge, s[i + 1]])] + s[i + 2 :]
 
+    def lifted_midway(s, cid):
+        """The longest stroke lifted at its middle (two strokes, one point apart), where the table
+        allows no more strokes (and the models' input has room for one)."""
+        if len(s) + 1 in get_class(cid).stroke_counts or len(s) + 1 > max_strokes:
+            return None
+        k = int(np.argmax([np.hypot(*np.diff(x, axis=0).T).sum() for x in s]))
+        m = len(s[k]) // 2
+        return None if m < 2 else s[:k] + [s[k][:m], s[k][m + 1 :]] + s[k + 1 :]
+
     def one_stroke_moved(s, cid):
         """One stroke of the kana's body, chosen at random, written at another place in its order
         (the voicing mark and a compound's small kana stay last): も with its two bars first."""
@@ -150,6 +160,7 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
             "two strokes joined, off the table": joined_off_table,
             "a stray dot, off the table": stray_dot,
             "any two strokes joined, off table": joined_anywhere,
+            "longest stroke lifted midway, off table": lifted_midway,
             "one stroke moved elsewhere": one_stroke_moved}
 
 
@@ -191,7 +202,7 @@ def main():
 
     rng = np.random.default_rng(2024)
     textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "messiness": 1.0,
-                "off_table_join": 0.0, "vertical_compound": 0.0}
+                "off_table_join": 0.0, "vertical_compound": 0.0, "off_table_split": 0.0}
     base = [(cid, synthesize_sample(get_class(cid), rng, **textbook))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes

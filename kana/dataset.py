@@ -141,8 +141,8 @@ def _load_raw(raw_dir: Path, class_ids: set[str], n_points: int, max_gap: float,
 
 
 def _synthesize_chunk(args):
-    classes, per_class, seed = args
-    return synthesize_dataset(classes, per_class, seed)
+    classes, per_class, seed, max_strokes = args
+    return synthesize_dataset(classes, per_class, seed, max_strokes)
 
 
 def _map(fn, tasks: list, workers: int, progress: str | None):
@@ -181,11 +181,11 @@ def split_per_source_and_class(
     return out
 
 
-def _synthetic_samples(classes, per_class, seed, workers, progress) -> list[RawSample]:
+def _synthetic_samples(classes, per_class, seed, max_strokes, workers, progress) -> list[RawSample]:
     if per_class <= 0:
         return []
     chunks = [classes[i :: max(workers, 1)] for i in range(max(workers, 1))]
-    tasks = [(c, per_class, seed) for c in chunks if c]
+    tasks = [(c, per_class, seed, max_strokes) for c in chunks if c]
     if len(classes) * per_class < PARALLEL_MIN_SAMPLES:
         workers = 1
     samples = []
@@ -225,10 +225,10 @@ def build_dataset(
                                          workers, progress) if raw_dir else ([], []))
     rejections = list(load_rejections)
     candidates = []
-    for s in _synthetic_samples(classes, synthetic_per_class, seed, workers, progress):
+    for s in _synthetic_samples(classes, synthetic_per_class, seed, max_strokes, workers, progress):
         try:  # synthetic samples pass the checks loading gave the others
             strokes = parse_strokes(s.strokes, s.path)
-            check_stroke_count(strokes, s.char_id, s.path, one_joined_ok=True)
+            check_stroke_count(strokes, s.char_id, s.path, one_off_ok=True)
         except InvalidSample as exc:
             rejections.append(Rejection(s.path, s.source, s.char_id, exc.reason, str(exc)))
             continue

@@ -163,12 +163,13 @@ def _parse_stroke(raw, where: str) -> np.ndarray:
 
 
 def check_stroke_count(strokes: Strokes, char_id: str, where: str = "sample",
-                       one_joined_ok: bool = False) -> None:
+                       one_off_ok: bool = False) -> None:
     """Raise InvalidSample when the stroke count is not one the class allows (the notebook's filter).
-    `one_joined_ok`: one stroke fewer passes too (the synthesizer joins two strokes on purpose,
-    `kana.synth.OFF_TABLE_JOINS`)."""
+    `one_off_ok`: one stroke fewer or one more passes too (the synthesizer joins two strokes and
+    lifts the pen midway on purpose, `kana.synth.OFF_TABLE_JOINS` and `OFF_TABLE_SPLITS`)."""
     allowed = get_class(char_id).stroke_counts
-    if len(strokes) not in allowed and not (one_joined_ok and len(strokes) + 1 in allowed):
+    n = len(strokes)
+    if n not in allowed and not (one_off_ok and (n + 1 in allowed or n - 1 in allowed)):
         raise InvalidSample(
             "wrong_stroke_count",
             f"{where}: {len(strokes)} strokes, but {char_id} is written with "

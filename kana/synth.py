@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from kana.classes import KanaClass
+from kana.classes import max_strokes as class_set_max_strokes
 
 KANJIVG_CREDIT = "KanjiVG (c) Ulrich Apel, CC BY-SA 3.0, https://kanjivg.tagaini.net"
 _KVG_SIZE = 109.0
@@ -316,6 +317,22 @@ def _hook(stroke: np.ndarray, towards: np.ndarray, rng: np.random.Generator) -> 
     return np.vstack([stroke, tail])
 
 
+def split_stroke(strokes: list[np.ndarray], rng: np.random.Generator,
+                 splittable: int) -> list[np.ndarray]:
+    """One of the first `splittable` strokes (longer ones likelier) cut in two 25-75% along its
+    length, up to 8% of it lost where the pen was up. Strokes too short to cut stay as they are."""
+    lengths = np.array([_arclength(s)[-1] for s in strokes[:splittable]])
+    if splittable < 1 or lengths.sum() <= 0:
+        return strokes
+    k = int(rng.choice(splittable, p=lengths / lengths.sum()))
+    u = _arclength(strokes[k]) / lengths[k]
+    cut, lost = rng.uniform(0.25, 0.75), rng.uniform(0.0, 0.08)
+    first, second = strokes[k][u <= cut], strokes[k][u >= cut + lost]
+    if len(first) < 2 or len(second) < 2:
+        return strokes
+    return strokes[:k] + [first, second] + strokes[k + 1 :]
+
+
 def normalised(strokes, extent: float) -> list[np.ndarray]:
     """Strokes moved so their bounding box is centred on 0 and scaled to `extent` (max side)."""
     allpts = np.vstack(strokes)
@@ -353,9 +370,19 @@ MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (
 # share of kana samples with two strokes joined where the class's table allows no fewer strokes:
 # people who do not lift the pen between two strokes (the table's count is the textbook's)
 OFF_TABLE_JOINS = 0.1
+# share of kana samples with one stroke of the kana's body lifted midway where the class's table
+# allows no more strokes: a finger that loses the glass, a writer who draws a long stroke in two
+# (an ensemble that had never seen one read 78% of them, the LSTM 3%)
+OFF_TABLE_SPLITS = 0.05
 # share of compound samples written as vertical text sets them: the small kana under the kana, in
 # the right half of its column (ensembles trained on the lower right alone read 66-73% of them)
 VERTICAL_COMPOUNDS = 0.2
+
+
+@lru_cache(maxsize=1)
+def _most_strokes() -> int:
+    """The most strokes any class's table allows (the LSTM's columns for the `all` class set)."""
+    return class_set_max_strokes("all")
 
 
 def fixed_tail_strokes(kana: KanaClass | str) -> int:
@@ -451,6 +478,8 @@ def synthesize_sample(
     messiness: float | None = None,
     off_table_join: float = OFF_TABLE_JOINS,
     vertical_compound: float = VERTICAL_COMPOUNDS,
+    off_table_split: float = OFF_TABLE_SPLITS,
+    max_strokes: int | None = None,
 ) -> list[np.ndarray]:
     """One handwriting-like sample of a class (or of any KanjiVG character given as a str), in the
     app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up. `order_slip`: the
@@ -462,7 +491,9 @@ def synthesize_sample(
     drawn between 1 and 2), `off_table_join`: for a kana class, the chance of two strokes
     joined where its table allows no fewer strokes (0: only the table's counts),
     `vertical_compound`: for a compound, the chance of its small kana written under the kana, as
-    in vertical text (0: always at its lower right)."""
+    in vertical text (0: always at its lower right), `off_table_split`: for a kana class, the
+    chance of one stroke lifted midway where its table allows no more strokes, only where the
+    sample then has at most `max_strokes` (default: the most any class allows)."""
     if messiness is not None and not 0 <= messiness <= 4:
         raise ValueError(f"messiness must be between 0 and 4, got {messiness}")
     n_base = None
@@ -512,6 +543,10 @@ def synthesize_sample(
         elif (off_table_join and len(strokes) - 1 not in allowed_counts and joinable > 1
               and rng.random() < off_table_join):
             strokes = join_strokes(strokes, len(strokes) - 1, rng, keep_apart=joinable)
+    if (off_table_split and not isinstance(kana, str) and len(strokes) + 1 not in allowed_counts
+            and len(strokes) + 1 <= (max_strokes or _most_strokes())
+            and rng.random() < off_table_split):  # no draw at 0: samples as before
+        strokes = split_stroke(strokes, rng, len(strokes) - fixed_tail_strokes(kana))
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])
@@ -546,9 +581,11 @@ def synthesize_sample(
 
 
 def synthesize_dataset(
-    classes: list[KanaClass] | list[str], per_class: int, seed: int
+    classes: list[KanaClass] | list[str], per_class: int, seed: int, max_strokes: int | None = None
 ) -> list[tuple[str, list[np.ndarray]]]:
     """`per_class` samples of each class (or KanjiVG character), as (label, strokes) pairs.
+    `max_strokes`: a stroke is lifted midway only where the sample then has at most that many
+    (the class set's most; default: the most any class allows).
 
     Each class gets its own Generator derived from (seed, class index), so results do not depend
     on the order or subset of classes synthesized.
@@ -558,5 +595,5 @@ def synthesize_dataset(
         label = kana if isinstance(kana, str) else kana.char_id
         rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
         for _ in range(per_class):
-            out.append((label, synthesize_sample(kana, rng)))
+            out.append((label, synthesize_sample(kana, rng, max_strokes=max_strokes)))
     return out
