@@ -246,7 +246,8 @@ def record_stroke(rng: np.random.Generator, dense: np.ndarray, pace: float) -> n
     u = s / total
     bell = 0.25 + 0.75 * np.sin(np.pi * np.clip(u, 0, 1)) ** 0.6
     corner = 1.0 / (1.0 + 6.0 * _turning(dense))
-    corner = np.convolve(corner, np.ones(5) / 5, mode="same")
+    if len(dense) >= 5:  # a moving average (the stub of a stroke lifted midway may be shorter)
+        corner = np.convolve(corner, np.ones(5) / 5, mode="same")
     speed = np.maximum(bell * corner, 0.05)
     seg_time = np.diff(s) / (0.5 * (speed[1:] + speed[:-1]))
     t = np.concatenate([[0.0], np.cumsum(seg_time)]) / pace

@@ -9,6 +9,7 @@ from kana.synth import (
     glyph_strokes,
     kanji_characters,
     parse_svg_path,
+    record_stroke,
     split_stroke,
     synthesize_dataset,
     synthesize_sample,
@@ -88,6 +89,14 @@ def test_a_split_stroke_is_cut_in_two_along_its_length():
     kept = split_stroke([line] + dot_pair, np.random.default_rng(1), splittable=1)
     assert len(kept) == 3 and kept[2] is dot_pair[0]
     assert split_stroke(dot_pair, np.random.default_rng(2), splittable=1) == dot_pair  # too short
+
+
+def test_a_stroke_of_a_few_points_is_recorded():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 5):  # a split's stub can be this short (3 and 4 points once failed)
+        stub = np.column_stack([np.linspace(0, 0.03, n), np.zeros(n)])
+        pts = record_stroke(rng, stub, pace=0.01)
+        assert len(pts) >= 2 and np.allclose(pts[0], stub[0]) and np.allclose(pts[-1], stub[-1])
 
 
 def test_off_table_splits_give_one_stroke_more_up_to_max_strokes():
