@@ -15,8 +15,9 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
   turning points alone);
 - sometimes strokes are joined where the class allows the lower count, and one sample in ten has
   two strokes of its kana's body joined where it does not (writers who don't lift the pen; the
-  models had read few such samples: the LSTM, which counts strokes, 8%); stroke ends get small
-  hooks towards the next stroke;
+  models had read few such samples: the LSTM, which counts strokes, 8%), and one in twenty has one
+  stroke lifted midway where it allows no more (a finger that loses the glass); stroke ends get
+  small hooks towards the next stroke;
 - half the そ and ぞ are written in their two-stroke form (a tick, then the rest from the top
   right), a standard form that KanjiVG, with one stroke, does not have;
 - one sample in ten has two consecutive strokes in the wrong order (people do, and a model that

@@ -47,7 +47,9 @@ def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path |
     rng = np.random.default_rng(seed)
     for kana in class_set("basic46"):
         for k in range(per_class):
-            save_app_pickle(synthesize_sample(kana, rng, off_table_join=0), root / "alice" / f"{kana.char_id}{k:05d}.pickle")
+            # a raw file with a count off its table is dropped: these are all on it
+            on_table = synthesize_sample(kana, rng, off_table_join=0, off_table_split=0)
+            save_app_pickle(on_table, root / "alice" / f"{kana.char_id}{k:05d}.pickle")
     if hostile_marker is not None:
         (root / "mallory").mkdir(parents=True, exist_ok=True)
         (root / "mallory" / "a00001.pickle").write_bytes(pickle.dumps({1: _Payload(hostile_marker)}))

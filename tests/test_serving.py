@@ -341,8 +341,8 @@ def test_served_predictions_weigh_the_stroke_count_as_training_scored_them():
 
     ids = [c.char_id for c in class_set("all")]
     rng = np.random.default_rng(3)
-    pa = synthesize_sample(get_class("pa"), rng, allowed_counts=(4,), off_table_join=0)
-    ba = synthesize_sample(get_class("ba"), rng, allowed_counts=(5,), off_table_join=0)
+    pa = synthesize_sample(get_class("pa"), rng, allowed_counts=(4,), off_table_join=0, off_table_split=0)
+    ba = synthesize_sample(get_class("ba"), rng, allowed_counts=(5,), off_table_join=0, off_table_split=0)
     assert (len(pa), len(ba)) == (4, 5)
 
     served = Recognizer([_fixed_member(ids, 0.1)]).predict([pa, ba])
