@@ -374,7 +374,7 @@ MESSY_WRITERS = 1 / 3  # share of kana samples whose strokes stray 1-2x as far (
 OFF_TABLE_JOINS = 0.1
 # share of kana samples with one stroke of the kana's body lifted midway where the class's table
 # allows no more strokes: a finger that loses the glass, a writer who draws a long stroke in two
-# (an ensemble that had never seen one read 78% of them, the LSTM 3%)
+# (ensembles that had never seen one read 75-77% of them, the LSTM 3%)
 OFF_TABLE_SPLITS = 0.05
 # share of compound samples written as vertical text sets them: the small kana under the kana, in
 # the right half of its column (ensembles trained on the lower right alone read 66-73% of them)
