@@ -73,22 +73,28 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         taps = [m.mean(axis=0) + rng.normal(0, 0.005, (int(rng.integers(1, 4)), 2)) for m in s[end - n : end]]
         return s[: end - n] + taps + s[end:]
 
-    def big_small_kana(s, cid):
-        """A compound's small kana (its last strokes) twice its size, about its own centre."""
+    def small_kana_strokes(s, cid):
+        """How many of a compound's last strokes are its small kana; None for other classes and
+        for samples with strokes joined (where its strokes are not known)."""
         kana = get_class(cid)
         if not kana.is_compound or len(s) != sum(len(glyph_strokes(c)) for c in kana.character):
             return None
-        n = len(glyph_strokes(kana.character[1]))
+        return len(glyph_strokes(kana.character[1]))
+
+    def big_small_kana(s, cid):
+        """A compound's small kana (its last strokes) twice its size, about its own centre."""
+        n = small_kana_strokes(s, cid)
+        if n is None:
+            return None
         centre = np.vstack(s[-n:]).mean(axis=0)
         return s[:-n] + [np.clip((x - centre) * 2 + centre, -1, 1) for x in s[-n:]]
 
     def small_kana_under(s, cid):
         """A compound's small kana moved under the kana, in the right half of its column, as
         vertical text sets it (then the whole fitted back into the canvas)."""
-        kana = get_class(cid)
-        if not kana.is_compound or len(s) != sum(len(glyph_strokes(c)) for c in kana.character):
+        n = small_kana_strokes(s, cid)
+        if n is None:
             return None
-        n = len(glyph_strokes(kana.character[1]))
         base, small = np.vstack(s[:-n]), np.vstack(s[-n:])
         gap = 0.1 * np.ptp(base[:, 1])
         shift = np.array([(base[:, 0].min() + base[:, 0].max()) / 2 - small[:, 0].min(),
