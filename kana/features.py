@@ -16,7 +16,8 @@
   draws a batch's.
 - `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
   `max_strokes`, then scaled by (a + 1) / 2 as the notebook did; optionally with the character
-  fitted to the box first (`fit_box`). `lstm_tensors` builds a batch's at once.
+  fitted to the box first (`fit_box`). `lstm_tensors` builds a batch's at once. A sample with
+  more strokes than `max_strokes` has its closest strokes joined first (`join_closest_strokes`).
 - `pen_path_tensors`: the LSTM's other input (`train_lstm -P encoding=pen_path`), the whole pen
   path as one sequence of points with a pen-down flag, which does not depend on the stroke count.
 """
@@ -299,6 +300,28 @@ def fit_to_box(strokes_img: np.ndarray, batched: bool = False) -> np.ndarray:
     return fit_to_pixels(strokes_img, 3, 1, batched) - 1.0
 
 
+def join_closest_strokes(resampled: np.ndarray, n_strokes: int) -> np.ndarray:
+    """A sample's resampled strokes (n, n_points, 2) with the consecutive strokes whose end and
+    start lie closest joined by a straight line, pair by pair, until `n_strokes` remain; each joined
+    stroke is resampled evenly along its length.
+
+    Why: the LSTM's input has columns for `n_strokes` strokes, the most any class has, and people
+    sometimes draw more (a stroke lifted midway, a stray dot on a ぎゃ). Joined, such a sample looks
+    to the LSTM as it would from a writer who did not lift the pen, which it has learned to read,
+    and the CNNs and the stroke-count prior still see every stroke as drawn."""
+    strokes = list(resampled)
+    n_points = resampled.shape[1]
+    while len(strokes) > max(n_strokes, 1):
+        gaps = [np.hypot(*(strokes[i + 1][0] - strokes[i][-1])) for i in range(len(strokes) - 1)]
+        i = int(np.argmin(gaps))
+        path = np.concatenate([strokes[i], strokes[i + 1]]).astype(np.float64)
+        along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path, axis=0).T))])
+        at = np.linspace(0.0, along[-1], n_points)
+        strokes[i : i + 2] = [np.column_stack([np.interp(at, along, path[:, 0]),
+                                               np.interp(at, along, path[:, 1])])]
+    return np.stack(strokes).astype(resampled.dtype)
+
+
 def lstm_tensor(resampled: np.ndarray, max_strokes: int, fit_box: bool = False) -> np.ndarray:
     """Resampled strokes (app coords) -> float32 (n_points, 4 * max_strokes), the notebook's layout
     (x, y as drawn on the canvas), or with `fit_box` the character fitted to the whole box first."""
@@ -306,7 +329,8 @@ def lstm_tensor(resampled: np.ndarray, max_strokes: int, fit_box: bool = False) 
 
 
 def lstm_tensors(resampled: list[np.ndarray], max_strokes: int, fit_box: bool = False) -> np.ndarray:
-    """`lstm_tensor` of many samples -> (n_samples, n_points, 4 * max_strokes).
+    """`lstm_tensor` of many samples -> (n_samples, n_points, 4 * max_strokes). A sample with more
+    strokes than that has its closest strokes joined first (`join_closest_strokes`).
 
     Samples with the same stroke count are computed together, as one array: a dozen array
     operations per stroke count instead of per sample. In a batch of 1,000 (serving's batches, and
@@ -315,9 +339,9 @@ def lstm_tensors(resampled: list[np.ndarray], max_strokes: int, fit_box: bool = 
         raise ValueError("no samples")
     n_points = resampled[0].shape[1]
     out = np.zeros((len(resampled), n_points, max_strokes, 4), dtype=np.float32)
+    resampled = [r if len(r) <= max_strokes else join_closest_strokes(r, max_strokes)
+                 for r in resampled]
     by_count = _by_stroke_count(resampled)
-    if max(by_count) > max_strokes:
-        raise ValueError(f"{max(by_count)} strokes, but the features hold at most {max_strokes}")
     for n_strokes, ks in by_count.items():
         img = to_image_coords(np.stack([resampled[k] for k in ks]))  # (G, n_strokes, n_points, 2)
         if fit_box:

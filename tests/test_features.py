@@ -10,6 +10,7 @@ from kana.features import (
     fill_long_gaps,
     fit_to_box,
     fit_to_pixels,
+    join_closest_strokes,
     lstm_tensor,
     lstm_tensors,
     pen_path_tensors,
@@ -226,8 +227,34 @@ def test_lstm_tensor_layout_scaling_and_padding():
     np.testing.assert_allclose(t[:, 2:4], [[1.0, 0.5]] * 120, atol=1e-6)  # cos 1, sin 0
     np.testing.assert_allclose(t[:, 6:8], [[0.5, 1.0]] * 120, atol=1e-6)  # stroke 2 goes down
     np.testing.assert_allclose(t[:, 8:], 0.5)  # zero padding, scaled like the notebook
-    with pytest.raises(ValueError, match="at most 1"):
-        lstm_tensor(resample_strokes(strokes), max_strokes=1)
+
+
+def test_closest_strokes_are_joined_by_a_straight_line_until_they_fit():
+    """A bar drawn in two pieces (gap 0.1) and a stroke far off: the pieces join first, into one
+    stroke evenly along the whole bar; then everything, through the line to the far stroke."""
+    pieces = [np.array([[0.0, 0.0], [0.4, 0.0]]), np.array([[0.5, 0.0], [1.0, 0.0]]),
+              np.array([[1.0, -1.0], [1.0, -0.5]])]
+    resampled = resample_strokes(pieces, 11)
+    two = join_closest_strokes(resampled, 2)
+    assert two.shape == (2, 11, 2) and two.dtype == resampled.dtype
+    np.testing.assert_allclose(two[0], np.column_stack([np.linspace(0, 1, 11), np.zeros(11)]), atol=1e-12)
+    np.testing.assert_array_equal(two[1], resampled[2])
+    one = join_closest_strokes(resampled, 1)[0]  # 1 along the bar, 1 down to the stroke, 0.5 up it
+    np.testing.assert_allclose(one[[0, 4, 6, 8, 10]], [[0, 0], [1, 0], [1, -0.5], [1, -1], [1, -0.5]],
+                               atol=1e-12)
+    np.testing.assert_array_equal(join_closest_strokes(resampled, 3), resampled)
+
+
+def test_a_sample_with_more_strokes_than_the_lstm_has_columns_gets_its_closest_joined():
+    """The LSTM's input holds `max_strokes` strokes, the most any class has; a sample drawn with more
+    (a stroke lifted midway, a stray dot) is read with its closest strokes joined, not refused."""
+    strokes = [np.array([[-0.5, 0.5], [0.0, 0.5]]), np.array([[0.05, 0.5], [0.5, 0.5]]),
+               np.array([[0.0, 0.5], [0.0, -0.5]])]
+    resampled = resample_strokes(strokes)
+    t = lstm_tensor(resampled, max_strokes=2)
+    np.testing.assert_array_equal(t, lstm_tensor(join_closest_strokes(resampled, 2), 2))
+    np.testing.assert_allclose(t[[0, -1], 0], [0.25, 0.75], atol=1e-6)  # the bar, whole
+    np.testing.assert_allclose(t[:, 6:8], [[0.5, 1.0]] * 120, atol=1e-6)  # the stem, second
 
 
 def test_lstm_tensor_fitted_to_the_box_ignores_where_and_how_big_it_was_drawn():
@@ -293,8 +320,10 @@ def test_lstm_tensors_of_a_mixed_batch_match_each_samples_strokes():
                                            (stroke_directions(img[i]) + 1) / 2, atol=1e-6)
             np.testing.assert_allclose(batch[k, :, 4 * len(r) :], 0.5)  # padding
             np.testing.assert_array_equal(batch[k], lstm_tensor(r, 5, fit_box))
-    with pytest.raises(ValueError, match="4 strokes, but the features hold at most 3"):
-        lstm_tensors(resampled, max_strokes=3)
+    fitted = lstm_tensors(resampled, max_strokes=3)  # the 4-stroke sample joined, the rest as before
+    for k, r in enumerate(resampled):
+        np.testing.assert_array_equal(fitted[k], lstm_tensor(join_closest_strokes(r, 3) if len(r) > 3 else r, 3))
+    assert not np.array_equal(fitted[5], lstm_tensors(resampled, max_strokes=5)[5, :, :12])
 
 
 def _walk_pen_path(strokes_img: np.ndarray, n_steps: int) -> np.ndarray:

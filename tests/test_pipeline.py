@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from conftest import MODEL_NAME, PROJECT_DIR, TINY, free_port
+from kana.classes import class_set
 
 FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
 FINAL_METRICS = [
@@ -310,7 +311,6 @@ def _error_of(fn, *args):
         ([{"1": [["a", "b"]]}], "pairs of numbers"),
         ([{"1": [[0.1, 0.2, 0.3]]}], "expected (N, 2)"),
         ([[[[0.0, 0.0]]] * 10_000], "10000 strokes"),
-        ([[[[0.0, 0.0]]] * 20], "no class of this model has more than 4"),
         ([{"1": [[0, 0]]}, "oops"], "sample 1"),
         ([], "no samples"),
     ],
@@ -320,6 +320,15 @@ def test_pyfunc_names_what_is_wrong_with_bad_input(pipeline, bad, fragment):
     with pytest.raises(MlflowException, match="") as exc:
         model.predict(bad)
     assert fragment in str(exc.value)
+
+
+def test_pyfunc_reads_a_sample_with_more_strokes_than_any_class(pipeline):
+    """basic46's classes have at most 4 strokes; a drawing with more is read, not refused."""
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    bars = [[[-0.8 + 0.3 * k, 0.5], [-0.7 + 0.3 * k, -0.5]] for k in range(6)]
+    (record,) = model.predict([bars])
+    assert record["char_id"] in {c.char_id for c in class_set("basic46")}
+    assert record["probability"] == pytest.approx(record["top5_probabilities"][0])
 
 
 def test_rerunning_main_reuses_finished_steps_and_keeps_the_champion(pipeline):

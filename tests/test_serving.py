@@ -149,6 +149,34 @@ def test_each_member_gets_the_input_its_config_asks_for():
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
 
 
+def test_a_sample_with_more_strokes_than_any_class_is_read_not_refused():
+    """People draw more strokes than a class has (a stroke lifted midway, a stray dot): the CNN
+    reads every stroke, the LSTM the closest ones joined until they fit its columns."""
+    from kana.classes import class_set, get_class
+    from kana.features import join_closest_strokes, lstm_tensors, resample_samples
+    from kana.serving import Recognizer
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("basic46")]
+    seen = {}
+
+    def member(kind):
+        def predict_probs(x):
+            seen[kind] = x
+            return np.full((len(x), len(ids)), 1 / len(ids))
+        return predict_probs, ModelConfig("m", kind, ids, 120, 4, "basic46", fit_box=kind == "strokes")
+
+    rng = np.random.default_rng(2)
+    ha = synthesize_sample(get_class("ha"), rng, off_table_join=0, off_table_split=0)
+    drawn = ha + [ha[-1][-1:] + 0.01, ha[0][:2] - 0.02, ha[1][::-1] * 0.9]  # 6 strokes
+    records = Recognizer([member("raster"), member("strokes")]).predict([drawn, ha])
+    assert [len(r["top5_char_ids"]) for r in records] == [5, 5]
+    resampled = resample_samples([drawn], 120)[0]
+    np.testing.assert_array_equal(seen["strokes"][:1], lstm_tensors([join_closest_strokes(resampled, 4)], 4, True))
+    assert seen["raster"].shape == (2, 32, 32, 1)
+
+
 def test_requests_answered_as_one_batch_each_get_their_records_and_a_bad_one_only_its_error():
     """What the served child does with the requests queued on its socket: one model call for all
     their samples; each request gets the records `predict` gives it alone, and a request with a bad
