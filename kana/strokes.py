@@ -337,20 +337,24 @@ def source_of(path: Path, raw_dir: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else raw_dir.name
 
 
-def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None) -> LoadReport:
+def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
+                 any_stroke_count: bool = False) -> LoadReport:
     """Load, parse and validate every raw file under `raw_dir`.
 
     Nothing here raises for one bad file: each rejected file or sample is named in the report with
     its reason, and everything valid is kept. `class_ids` limits the classes kept (others are
-    rejected as `not_in_class_set`).
+    rejected as `not_in_class_set`). Samples whose stroke count their class's table does not allow
+    are rejected (the notebook's filter, for training), unless `any_stroke_count` (for scoring
+    real drawings: a served model reads whatever is drawn).
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.exists():
         return LoadReport()
-    return load_raw_files(raw_dir, list(iter_raw_files(raw_dir)), class_ids)
+    return load_raw_files(raw_dir, list(iter_raw_files(raw_dir)), class_ids, any_stroke_count)
 
 
-def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None = None) -> LoadReport:
+def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None = None,
+                   any_stroke_count: bool = False) -> LoadReport:
     """`load_raw_dir` for some of the files under `raw_dir` (preprocessing hands each worker a
     share of them, in order)."""
     report = LoadReport()
@@ -362,7 +366,7 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
             if lower.endswith((".charcol", ".charcol.gz", ".tdic")):
                 reader = read_tomoe_tdic if lower.endswith(".tdic") else read_tegaki_charcol
                 for k, (cid, result) in enumerate(reader(path)):
-                    _accept(report, result, cid, source, f"{name}#{k}", class_ids)
+                    _accept(report, result, cid, source, f"{name}#{k}", class_ids, any_stroke_count)
                 continue
             cid = char_id_from_filename(path.name)
             if cid is None:
@@ -370,7 +374,7 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
                     "unknown_char_id", f"{name}: file name does not start with a known char_id"
                 )
             loader = load_json_sample if lower.endswith(".json") else load_pickle_sample
-            _accept(report, loader(path), cid, source, name, class_ids)
+            _accept(report, loader(path), cid, source, name, class_ids, any_stroke_count)
         except InvalidSample as exc:
             report.rejections.append(
                 Rejection(name, source, char_id_from_filename(path.name), exc.reason, str(exc))
@@ -380,7 +384,7 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
     return report
 
 
-def _accept(report, result, cid, source, name, class_ids) -> None:
+def _accept(report, result, cid, source, name, class_ids, any_stroke_count=False) -> None:
     if isinstance(result, InvalidSample):
         report.rejections.append(Rejection(name, source, cid, result.reason, str(result)))
         return
@@ -390,7 +394,8 @@ def _accept(report, result, cid, source, name, class_ids) -> None:
         )
         return
     try:
-        check_stroke_count(result, cid, name)
+        if not any_stroke_count:
+            check_stroke_count(result, cid, name)
     except InvalidSample as exc:
         report.rejections.append(Rejection(name, source, cid, exc.reason, str(exc)))
         return

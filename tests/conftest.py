@@ -37,10 +37,12 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path | None = None):
+def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path | None = None,
+                   off_table: bool = False):
     """A raw folder as contributors make it: app pickles per source (stroke counts as the table
-    allows them), plus some bad files."""
-    from kana.classes import class_set
+    allows them), plus some bad files; with `off_table`, two drawings of "bob" whose counts it does
+    not allow (あ with a stroke lifted midway, and with more strokes than any basic kana has)."""
+    from kana.classes import class_set, get_class
     from kana.strokes import save_app_pickle
     from kana.synth import synthesize_sample
 
@@ -50,6 +52,11 @@ def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path |
             # a raw file with a count off its table is dropped: these are all on it
             on_table = synthesize_sample(kana, rng, off_table_join=0, off_table_split=0)
             save_app_pickle(on_table, root / "alice" / f"{kana.char_id}{k:05d}.pickle")
+    if off_table:
+        lifted = synthesize_sample(get_class("a"), rng, off_table_join=0, off_table_split=1.0)
+        assert len(lifted) == 4  # あ is written with 3
+        save_app_pickle(lifted, root / "bob" / "a00001.pickle")
+        save_app_pickle(lifted + [lifted[0][:2] + 0.02, lifted[2][-3:]], root / "bob" / "a00002.pickle")
     if hostile_marker is not None:
         (root / "mallory").mkdir(parents=True, exist_ok=True)
         (root / "mallory" / "a00001.pickle").write_bytes(pickle.dumps({1: _Payload(hostile_marker)}))
@@ -88,7 +95,7 @@ def pipeline(tmp_path_factory) -> Pipeline:
     mlflow.set_tracking_uri(uri)
     marker = tmp / "payload-ran"
     raw_dir = write_raw_data(tmp / "raw", seed=11, per_class=2, hostile_marker=marker)
-    real_dir = write_raw_data(tmp / "real", seed=12, per_class=1)
+    real_dir = write_raw_data(tmp / "real", seed=12, per_class=1, off_table=True)
     experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
     submitted = mlflow.projects.run(
         str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",

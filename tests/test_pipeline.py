@@ -74,7 +74,7 @@ def test_each_family_logged_comparable_metrics_history_and_artifacts(pipeline, f
     for name in FINAL_METRICS:
         assert 0.0 <= m[name] <= 1.0, name
     assert m["train_seconds"] > 0 and m["seconds_per_epoch"] > 0 and m["peak_rss_mb"] > 100
-    assert m["real_n_samples"] == 46
+    assert m["real_n_samples"] == 48 and m["real_n_off_table"] == 2  # two of bob's: 4 and 6 strokes
     epochs = int(m["epochs_run"])
     assert 1 <= epochs <= TINY[f"{family}_epochs"]
     for name in ("loss", "accuracy", "val_loss"):
@@ -212,16 +212,17 @@ def test_training_scored_real_samples_as_serving_reads_them(pipeline, family):
     from kana.classes import WRONG_COUNT_WEIGHT
     from kana.evaluation import load_probabilities
     from kana.serving import Recognizer
+    from kana.strokes import load_raw_dir
     from kana.training import ModelConfig
 
     (run,) = pipeline.runs(FAMILIES[family])
     config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/kana_config.json"))
     assert config.wrong_count_weight == WRONG_COUNT_WEIGHT
     model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
-    samples = _real_samples(pipeline, 1000)
+    samples = load_raw_dir(pipeline.real_dir, any_stroke_count=True).samples  # 6 strokes too: joined
     served = Recognizer.from_keras([(model, config)]).probabilities([s.strokes for s in samples])
     y_true, logged = load_probabilities(run.info.run_id, "real")
-    assert len(logged) == len(samples) == 46
+    assert len(logged) == len(samples) == 48
     np.testing.assert_allclose(logged, served, atol=1e-5)
 
 

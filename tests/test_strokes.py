@@ -194,6 +194,10 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     np.testing.assert_allclose(tomoe.strokes[0][0], [80 / 160 - 1, 1 - 60 / 160])  # y flipped up
     tegaki = next(s for s in report.samples if s.path.startswith("alice/c.charcol"))
     np.testing.assert_allclose(tegaki.strokes[0][0], [-0.6, 0.6])
+    # for scoring real drawings, a count off the table is kept; every other rejection stands
+    scored = load_raw_dir(tmp_path, any_stroke_count=True)
+    assert sorted(s.path for s in scored.samples) == sorted(kept + ["alice/i00002.pickle"])
+    assert {r.path for r in scored.rejections} == set(reasons) - {"alice/i00002.pickle"}
 
 
 def test_class_filter_rejects_other_classes(tmp_path):
