@@ -202,7 +202,7 @@ def _synthetic_samples(classes, per_class, seed, max_strokes, workers, progress)
 def build_dataset(
     raw_dir: str | Path | None,
     class_set: str = "all",
-    synthetic_per_class: int = 240,
+    synthetic_per_class: int = 480,
     seed: int = 127,
     n_points: int = features.N_POINTS,
     max_strokes: int | None = None,
@@ -359,7 +359,7 @@ def read_dataset(folder: Path) -> ProcessedDataset:
 def preprocess(
     raw_dir: str = "data/raw",
     class_set: str = "all",
-    synthetic_per_class: int = 240,
+    synthetic_per_class: int = 480,
     seed: int = 127,
     n_points: int = features.N_POINTS,
     max_strokes: int = 0,

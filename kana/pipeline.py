@@ -61,7 +61,7 @@ def main(
     raw_dir: str = "data/raw",
     real_dir: str = "",
     class_set: str = "all",
-    synthetic_per_class: int = 240,
+    synthetic_per_class: int = 480,
     max_gap: float = MAX_GAP,
     cnn_epochs: int = 12,
     transfer_epochs: int = 8,
