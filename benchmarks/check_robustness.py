@@ -224,7 +224,7 @@ def main():
         print(f"{label:34s}{len(samples):8d}"
               + "".join(f"{np.mean(labels[p.argmax(1)] == truth):18.3f}" for p in probs.values()))
 
-    max_strokes = min(r.max_strokes for r in members.values())
+    max_strokes = min(r.config.max_strokes for r in members.values())
     for label, change in conditions(rng, max_strokes).items():
         changed = [(cid, change(s, cid)) for cid, s in base]
         print_row(label, [c for _, c in changed if c is not None],

@@ -122,7 +122,6 @@ class Recognizer:
                 raise ValueError("ensemble members must share one class table")
         self.members = members
         self.config = configs[0]
-        self.max_strokes = min(c.max_strokes for c in configs)  # the most any class has
         self.characters = np.array([get_class(c).character for c in self.config.class_ids])
         self.class_ids = np.array(self.config.class_ids)
         self.n_outputs = len(self.config.class_ids)

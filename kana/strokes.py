@@ -172,7 +172,7 @@ def check_stroke_count(strokes: Strokes, char_id: str, where: str = "sample",
     if n not in allowed and not (one_off_ok and (n + 1 in allowed or n - 1 in allowed)):
         raise InvalidSample(
             "wrong_stroke_count",
-            f"{where}: {len(strokes)} strokes, but {char_id} is written with "
+            f"{where}: {n} strokes, but {char_id} is written with "
             f"{' or '.join(map(str, allowed))}",
         )
 
