@@ -191,6 +191,9 @@ def main():
     parser.add_argument("--wrong-count-weight", type=float,
                         help="the stroke-count prior's weight for every model (default: each "
                              "model's own; 1 turns it off)")
+    parser.add_argument("--off-by-one-weight", type=float,
+                        help="the prior's weight for a count one stroke off a class's table "
+                             "(default: each model's own)")
     args = parser.parse_args()
 
     client = MlflowClient()
@@ -202,6 +205,8 @@ def main():
         config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/kana_config.json"))
         if args.wrong_count_weight is not None:
             config = replace(config, wrong_count_weight=args.wrong_count_weight)
+        if args.off_by_one_weight is not None:
+            config = replace(config, off_by_one_weight=args.off_by_one_weight)
         model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
         members[f"{run.data.tags['model_family']} {run_id[:6]}"] = Recognizer.from_keras([(model, config)])
     class_ids = next(iter(members.values())).config.class_ids

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kana import features
-from kana.classes import WRONG_COUNT_WEIGHT, apply_stroke_count_prior
+from kana.classes import OFF_BY_ONE_WEIGHT, WRONG_COUNT_WEIGHT, apply_stroke_count_prior
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
 from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
 
@@ -45,6 +45,7 @@ class ModelConfig:
     stroke_order: bool = False  # raster input: a second channel with the strokes' order
     max_gap: float = 0.0  # see features.resample_samples; 0 for models made before it existed
     wrong_count_weight: float = 1.0  # see classes.WRONG_COUNT_WEIGHT; 1 (off) for older models
+    off_by_one_weight: float | None = None  # see classes.OFF_BY_ONE_WEIGHT; None for older models
     pen_path_points: int = 0  # pen_path input: the path's length in points (features.pen_path_tensors)
 
     @property
@@ -80,6 +81,7 @@ class ModelConfig:
             n_points=meta["n_points"],
             max_gap=meta.get("max_gap", 0.0),
             wrong_count_weight=WRONG_COUNT_WEIGHT,
+            off_by_one_weight=OFF_BY_ONE_WEIGHT,
             max_strokes=meta["max_strokes"],
             class_set=meta["class_set"],
             dataset_run_id=dataset_run_id,
@@ -87,7 +89,8 @@ class ModelConfig:
 
     def with_stroke_counts(self, probs: np.ndarray, stroke_counts) -> np.ndarray:
         """The network's probabilities -> this model's: the samples' stroke counts weighed in."""
-        return apply_stroke_count_prior(probs, stroke_counts, self.class_ids, self.wrong_count_weight)
+        return apply_stroke_count_prior(probs, stroke_counts, self.class_ids, self.wrong_count_weight,
+                                        self.off_by_one_weight)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -337,12 +337,33 @@ def test_a_count_no_class_allows_leaves_the_probabilities_as_they_are():
     assert apply_stroke_count_prior(probs, [4, 4], ["ba", "pa"], 1.0) is probs  # off
 
 
+def test_a_count_one_stroke_off_a_table_weighs_less_than_one_further_off():
+    """A writer who joins two strokes, lifts one or leaves a dot is one stroke off the table; a
+    count two or more off is weighed as before."""
+    from kana.classes import apply_stroke_count_prior
+
+    # ba 5 strokes, pa 4, ha 3, ta 4: 6 strokes is 1 off ba, 2 off pa, 3 off ha and ta
+    probs = np.full((3, 4), 0.25)
+    out = apply_stroke_count_prior(probs, [6, 4, 2], ["ba", "pa", "ha", "ta"], 0.1, 0.3)
+    np.testing.assert_allclose(out[0], np.array([0.3, 0.1, 0.1, 0.1]) / 0.6)
+    np.testing.assert_allclose(out[1], np.array([0.3, 1.0, 0.3, 1.0]) / 2.6)  # pa and ta allow 4
+    np.testing.assert_allclose(out[2], np.array([0.1, 0.1, 0.3, 0.1]) / 0.6)
+    # None: one weight for every count off the table, as models made before it read
+    np.testing.assert_allclose(apply_stroke_count_prior(probs[:1], [6], ["ba", "pa", "ha", "ta"], 0.1),
+                               [[0.25] * 4])
+    # only the off-by-one weight in use still applies
+    np.testing.assert_allclose(apply_stroke_count_prior(probs[:1], [6], ["ba", "pa", "ha", "ta"], 1.0, 0.5),
+                               [np.array([0.5, 1.0, 1.0, 1.0]) / 3.5])
+
+
 @pytest.mark.parametrize("weight", [0.0, -0.1, 1.5, float("nan")])
 def test_a_stroke_count_weight_outside_0_to_1_is_refused_by_name(weight):
     from kana.classes import apply_stroke_count_prior
 
     with pytest.raises(ValueError, match="wrong_count_weight"):
         apply_stroke_count_prior(np.array([[0.7, 0.3]]), [4], ["ba", "pa"], weight)
+    with pytest.raises(ValueError, match="off_by_one_weight"):
+        apply_stroke_count_prior(np.array([[0.7, 0.3]]), [4], ["ba", "pa"], 0.1, weight)
 
 
 def _fixed_member(ids, wrong_count_weight=None):
@@ -390,13 +411,16 @@ def test_served_predictions_weigh_the_stroke_count_as_training_scored_them():
 def test_new_models_are_configured_with_the_prior():
     import json
 
-    from kana.classes import WRONG_COUNT_WEIGHT
+    from kana.classes import OFF_BY_ONE_WEIGHT, WRONG_COUNT_WEIGHT
     from kana.training import ModelConfig
 
     meta = {"class_ids": ["ba", "pa"], "n_points": 120, "max_strokes": 5, "class_set": "all"}
     config = ModelConfig.for_dataset("cnn", meta)
-    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT < 1.0
+    assert config.wrong_count_weight == WRONG_COUNT_WEIGHT < OFF_BY_ONE_WEIGHT < 1.0
     assert ModelConfig.from_json(config.to_json()) == config
     fields = json.loads(config.to_json())
+    assert config.off_by_one_weight == OFF_BY_ONE_WEIGHT
+    del fields["off_by_one_weight"]  # as a model made before it: one weight for any count off
+    assert ModelConfig.from_json(json.dumps(fields)).off_by_one_weight is None
     del fields["wrong_count_weight"]  # as a model made before the prior wrote its config
     assert ModelConfig.from_json(json.dumps(fields)).wrong_count_weight == 1.0
