@@ -203,10 +203,10 @@ def max_strokes(name: str) -> int:
 # more of the rest but fewer of those (README, "What to expect").
 WRONG_COUNT_WEIGHT = 0.1
 # A count one stroke off a class's table (two strokes joined, one lifted midway, a stray dot: what
-# writers do) weighs this much instead. Chosen on validation from five sets of models' logged
-# probabilities: their ensembles' errors fell from 15-22 to 9-14 of 5,184 (on test from 33-45 to
-# 16-22 of 10,368), a 0.5 read as many; it costs the CNNs some ba/pa (the marks differ by a stroke),
-# the ensemble 1-3 samples with their table's count (docs/experiments.md).
+# writers do) weighs this much instead. Chosen on validation from the logged probabilities of three
+# champions of the default dataset: their ensembles' errors fell from 15-22 to 9-14 of 5,184 (on
+# test from 33-45 to 16-22 of 10,368), 0.5 read about as many; it costs the CNNs some ba/pa (their
+# marks differ by a stroke), the ensemble 1-3 samples with their table's count (docs/experiments.md).
 OFF_BY_ONE_WEIGHT = 0.3
 
 
