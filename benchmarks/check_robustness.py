@@ -5,6 +5,7 @@ a stroke drawn backwards.
     python benchmarks/check_robustness.py                              # the champion's members
     python benchmarks/check_robustness.py --run-ids RUN_ID [RUN_ID ...]  # any training runs
     python benchmarks/check_robustness.py --wrong-count-weight 1          # the stroke-count prior off
+    python benchmarks/check_robustness.py --off-by-one-weight 0.1         # as models before 0.3 read
 
 Fresh synthetic samples in the textbook stroke order (a seed training does not use, 3 per class
 by default, all classes the models know), read by the Keras models each training run logged, one row per condition:
@@ -23,7 +24,7 @@ by default, all classes the models know), read by the Keras models each training
   that stay within 4% of the character's size of its path, or within 8% (about 4 points a stroke
   on average, as in Tomoe's templates);
 - a stroke count the class's table does not allow, which the models' stroke-count prior weighs
-  against (`kana.classes.WRONG_COUNT_WEIGHT`): two strokes joined into one where the table allows
+  against (`kana.classes.OFF_BY_ONE_WEIGHT`, as each is one stroke off): two strokes joined into one where the table allows
   no fewer (the closest pair, as a tenth of training's samples are joined; or any pair, chosen at
   random), or a stray dot (1-3 points) added, or the longest stroke lifted at its middle, where it
   allows no more;
@@ -189,11 +190,11 @@ def main():
     parser.add_argument("--model-name", default="kana-classifier")
     parser.add_argument("--per-class", type=int, default=3)
     parser.add_argument("--wrong-count-weight", type=float,
-                        help="the stroke-count prior's weight for every model (default: each "
-                             "model's own; 1 turns it off)")
+                        help="the stroke-count prior's weight for every model and every count "
+                             "off the table (default: each model's own; 1 turns it off)")
     parser.add_argument("--off-by-one-weight", type=float,
-                        help="the prior's weight for a count one stroke off a class's table "
-                             "(default: each model's own)")
+                        help="its weight for a count one stroke off a class's table, every model "
+                             "(default: --wrong-count-weight if given, else each model's own)")
     args = parser.parse_args()
 
     client = MlflowClient()
@@ -204,7 +205,8 @@ def main():
         run = client.get_run(run_id)
         config = ModelConfig.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/kana_config.json"))
         if args.wrong_count_weight is not None:
-            config = replace(config, wrong_count_weight=args.wrong_count_weight)
+            config = replace(config, wrong_count_weight=args.wrong_count_weight,
+                             off_by_one_weight=args.wrong_count_weight)
         if args.off_by_one_weight is not None:
             config = replace(config, off_by_one_weight=args.off_by_one_weight)
         model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
