@@ -366,12 +366,13 @@ def test_a_stroke_count_weight_outside_0_to_1_is_refused_by_name(weight):
         apply_stroke_count_prior(np.array([[0.7, 0.3]]), [4], ["ba", "pa"], 0.1, weight)
 
 
-def _fixed_member(ids, wrong_count_weight=None):
+def _fixed_member(ids, wrong_count_weight=None, off_by_one_weight=None):
     """A member that always finds ba 0.6 and pa 0.4 likely (the raster the CNNs see holds no count)."""
     from kana.training import ModelConfig
 
     settings = {} if wrong_count_weight is None else {"wrong_count_weight": wrong_count_weight}
-    config = ModelConfig("cnn", "raster", ids, 120, 9, "all", **settings)
+    config = ModelConfig("cnn", "raster", ids, 120, 9, "all", off_by_one_weight=off_by_one_weight,
+                         **settings)
 
     def predict_probs(x):
         out = np.zeros((len(x), len(ids)), np.float32)
@@ -406,6 +407,24 @@ def test_served_predictions_weigh_the_stroke_count_as_training_scored_them():
     mixed = Recognizer([_fixed_member(ids, 0.1), old]).probabilities([pa])
     assert mixed[0, ids.index("pa")] / mixed[0, ids.index("ba")] == pytest.approx(
         np.sqrt((0.4 / 0.46 * 0.4) / (0.06 / 0.46 * 0.6)))
+
+
+def test_served_predictions_weigh_a_count_one_stroke_off_by_the_models_own_weight():
+    """ば with a stray dot has 6 strokes: one off ば's table, two off ぱ's. A model made with the
+    off-by-one weight finds ば likelier than one made before it did."""
+    from kana.classes import class_set, get_class
+    from kana.serving import Recognizer
+    from kana.synth import synthesize_sample
+
+    ids = [c.char_id for c in class_set("all")]
+    ba = synthesize_sample(get_class("ba"), np.random.default_rng(4), allowed_counts=(5,),
+                           off_table_join=0, off_table_split=0)
+    dotted = [*ba, np.array([[0.7, -0.7], [0.71, -0.7]])]
+    now = Recognizer([_fixed_member(ids, 0.1, 0.3)]).predict([dotted])[0]
+    before = Recognizer([_fixed_member(ids, 0.1)]).predict([dotted])[0]
+    assert now["char_id"] == before["char_id"] == "ba"
+    assert now["probability"] == pytest.approx(0.18 / 0.22)  # 0.6 x 0.3 against 0.4 x 0.1
+    assert before["probability"] == pytest.approx(0.6)  # both weighed 0.1: as the network said
 
 
 def test_new_models_are_configured_with_the_prior():
