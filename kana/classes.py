@@ -147,6 +147,10 @@ class KanaClass:
     def is_compound(self) -> bool:
         return len(self.character) > 1
 
+    def strokes_off(self, n_strokes: int) -> int:
+        """How many strokes `n_strokes` is off this class's table: 0 when the table allows it."""
+        return min(abs(n_strokes - allowed) for allowed in self.stroke_counts)
+
 
 def _parse_stroke_counts(text: str) -> tuple[int, ...]:
     """'3 or 4' -> (3, 4), as the notebook read the app's table."""
@@ -214,10 +218,9 @@ OFF_BY_ONE_WEIGHT = 0.3
 def _strokes_off(class_ids: tuple[str, ...]) -> np.ndarray:
     """(largest count + 3, n_classes) ints: row n says how many strokes n is off each class's
     table, 0, 1 or 2 (2 or more); counts beyond the last row are 2 or more off every class."""
-    counts = [get_class(c).stroke_counts for c in class_ids]
-    n = np.arange(max(max(c) for c in counts) + 3)[:, None]
-    off = np.stack([np.abs(n - np.array(sorted(allowed))).min(axis=1) for allowed in counts], axis=1)
-    return np.minimum(off, 2)
+    classes = [get_class(c) for c in class_ids]
+    counts = range(max(max(c.stroke_counts) for c in classes) + 3)
+    return np.array([[min(c.strokes_off(n), 2) for c in classes] for n in counts])
 
 
 def apply_stroke_count_prior(probs: np.ndarray, stroke_counts, class_ids, wrong_count_weight: float,

@@ -167,13 +167,13 @@ def check_stroke_count(strokes: Strokes, char_id: str, where: str = "sample",
     """Raise InvalidSample when the stroke count is not one the class allows (the notebook's filter).
     `one_off_ok`: one stroke fewer or one more passes too (the synthesizer joins two strokes and
     lifts the pen midway on purpose, `kana.synth.OFF_TABLE_JOINS` and `OFF_TABLE_SPLITS`)."""
-    allowed = get_class(char_id).stroke_counts
+    kana = get_class(char_id)
     n = len(strokes)
-    if n not in allowed and not (one_off_ok and (n + 1 in allowed or n - 1 in allowed)):
+    if kana.strokes_off(n) > (1 if one_off_ok else 0):
         raise InvalidSample(
             "wrong_stroke_count",
             f"{where}: {n} strokes, but {char_id} is written with "
-            f"{' or '.join(map(str, allowed))}",
+            f"{' or '.join(map(str, kana.stroke_counts))}",
         )
 
 

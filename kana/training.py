@@ -399,7 +399,7 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
         net_probs=net_probs,
     )
     metrics["real_n_samples"] = len(y)
-    metrics["real_n_off_table"] = sum(len(s.strokes) not in get_class(s.char_id).stroke_counts
+    metrics["real_n_off_table"] = sum(get_class(s.char_id).strokes_off(len(s.strokes)) > 0
                                       for s in report.samples)
     if report.rejections:
         mlflow.log_text(

@@ -47,6 +47,11 @@ def test_class_sets_and_table():
         class_set("katakana")
 
 
+def test_strokes_off_a_class_table_count_to_its_nearest_allowed_count():
+    ki = get_class("ki")  # 3 or 4 strokes
+    assert [ki.strokes_off(n) for n in (1, 2, 3, 4, 5, 7)] == [2, 1, 0, 0, 1, 3]
+
+
 @pytest.mark.parametrize(
     "name, expected",
     [("ka00012.pickle", "ka"), ("kya1.pickle", "kya"), ("-n3.pickle", "-n"), ("n3.pickle", None),
