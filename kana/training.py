@@ -26,6 +26,7 @@ FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes", "lstm_
 # train_lstm's encodings (its input kinds) -> their families
 LSTM_ENCODINGS = {kind: family for family, kind in FAMILY_INPUT.items() if kind != "raster"}
 RASTER_SHAPE = (features.RASTER_SIZE + 2 * features.RASTER_PAD,) * 2 + (1,)
+MIN_RASTER_SIZE, MAX_RASTER_SIZE = 16, 128  # `train_cnn`'s raster_size: 3 poolings, a CPU's budget
 KANJI_BASE_MODEL_NAME = "kana-kanji-base"
 
 
@@ -47,6 +48,7 @@ class ModelConfig:
     wrong_count_weight: float = 1.0  # see classes.WRONG_COUNT_WEIGHT; 1 (off) for older models
     off_by_one_weight: float | None = None  # see classes.OFF_BY_ONE_WEIGHT; None for older models
     pen_path_points: int = 0  # pen_path input: the path's length in points (features.pen_path_tensors)
+    raster_size: int = RASTER_SHAPE[0]  # raster input: the side in pixels, padding included
 
     @property
     def resampling(self) -> tuple[int, float]:
@@ -57,7 +59,7 @@ class ModelConfig:
     def input_key(self) -> tuple:
         """What decides this model's input: models with equal keys take the same input."""
         return (self.input_kind, *self.resampling, self.max_strokes, self.fit_box, self.stroke_order,
-                self.pen_path_points)
+                self.pen_path_points, self.raster_size)
 
     @property
     def takes_pen_paths(self) -> bool:
@@ -103,11 +105,12 @@ class ModelConfig:
 def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.ndarray | None = None):
     """The model's input batch from resampled strokes (and rasters, when already rendered)."""
     if config.input_kind == "raster":
-        if rasters is None:
-            rasters = features.render_rasters(resampled)
+        inner = config.raster_size - 2 * features.RASTER_PAD  # the character's box, in pixels
+        if rasters is None or rasters.shape[1:] != (config.raster_size,) * 2:
+            rasters = features.render_rasters(resampled, inner)
         if not config.stroke_order:
             return raster_batch_to_input(rasters)
-        order = np.stack([features.render_order_raster(r) for r in resampled])
+        order = np.stack([features.render_order_raster(r, inner) for r in resampled])
         return np.concatenate([raster_batch_to_input(rasters), raster_batch_to_input(order)], axis=-1)
     if not resampled:  # an empty split
         return np.zeros((0, *config.input_shape), dtype=np.float32)
@@ -415,23 +418,30 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
 def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
               learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 128,
               batch_norm: int = 1, filters: int = 16, seed: int = 127, real_dir: str = "",
-              augment: int = 1, stroke_order: int = 0) -> str:
+              augment: int = 1, stroke_order: int = 0, raster_size: int = RASTER_SHAPE[0]) -> str:
     """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation.
     The notebook's exact net: `--filters 32 --dense-units 40 --batch-norm 0`. Half its width
     (filters 16) costs a quarter of the compute at serving and, in the ensemble, reads as well.
-    `stroke_order` adds a second input channel with the strokes drawn in order of intensity."""
+    `stroke_order` adds a second input channel with the strokes drawn in order of intensity.
+    `raster_size`: the rasters' side in pixels (the notebook's 32, padding included); other sizes
+    are drawn from the dataset's resampled strokes (48: small voicing marks get pixels of their
+    own; see the README's "What to expect")."""
     from kana.models import build_cnn
 
+    if not MIN_RASTER_SIZE <= raster_size <= MAX_RASTER_SIZE:
+        raise ValueError(f"raster_size must be {MIN_RASTER_SIZE}-{MAX_RASTER_SIZE} pixels, got {raster_size}")
+
     def build(config, ds):
-        shape = RASTER_SHAPE[:2] + (2 if config.stroke_order else 1,)
+        shape = (config.raster_size,) * 2 + (2 if config.stroke_order else 1,)
         return build_cnn(len(config.class_ids), shape, dense_units, bool(batch_norm), filters)
 
     return train_family(
         "cnn", build, {"dense_units": dense_units, "batch_norm": batch_norm, "filters": filters,
-                       "stroke_order": stroke_order},
+                       "stroke_order": stroke_order, "raster_size": raster_size},
         dataset_run_id=dataset_run_id, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
-        real_dir=real_dir, augment=augment, input_options={"stroke_order": bool(stroke_order)},
+        real_dir=real_dir, augment=augment,
+        input_options={"stroke_order": bool(stroke_order), "raster_size": raster_size},
     )
 
 

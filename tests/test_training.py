@@ -1,8 +1,11 @@
 """Training helpers without training: data loaders, class weights, model builders, config."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from kana.classes import get_class
 from kana.training import ModelConfig, balanced_class_weights, load_kuzushiji_npz
 
 
@@ -59,6 +62,41 @@ def test_model_builders_accept_the_notebooks_settings():
 def test_model_config_round_trip():
     config = ModelConfig("lstm", "strokes", ["a", "i"], 120, 4, "basic46", "run1", max_gap=0.02)
     assert ModelConfig.from_json(config.to_json()) == config
+
+
+def test_a_cnn_reads_rasters_of_its_own_size_and_older_configs_read_32_pixels():
+    """Stored 32-pixel rasters are used as they are by a 32-pixel CNN and drawn anew, the same
+    character filling the larger box, for one trained on 48; configs from before the setting
+    existed read 32."""
+    import json
+
+    from kana.dataset import featurize
+    from kana.synth import synthesize_sample
+    from kana.training import model_inputs
+
+    samples = [synthesize_sample(get_class(c), np.random.default_rng(3)) for c in ("a", "ke")]
+    resampled, rasters = zip(*featurize(samples, 120, 0.0))
+    rasters = np.stack(rasters)
+    config = ModelConfig("cnn", "raster", ["a", "ke"], 120, 3, "basic46")
+    np.testing.assert_array_equal(model_inputs(config, list(resampled), rasters)[..., 0], rasters / 255.0)
+    big = model_inputs(replace(config, raster_size=48), list(resampled), rasters)
+    assert big.shape == (2, 48, 48, 1)
+    for small_img, big_img in zip(rasters, big[..., 0]):
+        # the ink spans the box less the padding (2 pixels a side) at either size
+        for img, side in ((small_img, 32), (big_img, 48)):
+            rows, cols = np.nonzero(img)
+            assert max(np.ptp(rows), np.ptp(cols)) == side - 4 - 1
+    older = json.loads(config.to_json())
+    del older["raster_size"]
+    assert ModelConfig.from_json(json.dumps(older)).raster_size == 32
+
+
+@pytest.mark.parametrize("size", [8, 15, 129])
+def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
+    from kana.training import train_cnn
+
+    with pytest.raises(ValueError, match="raster_size"):
+        train_cnn(raster_size=size)
 
 
 def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
