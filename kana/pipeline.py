@@ -64,6 +64,7 @@ def main(
     synthetic_per_class: int = 480,
     max_gap: float = MAX_GAP,
     cnn_epochs: int = 12,
+    cnn_raster_size: int = 32,
     transfer_epochs: int = 8,
     lstm_epochs: int = 12,
     kanji_classes: int = 150,
@@ -73,7 +74,9 @@ def main(
     seed: int = 127,
     reuse: bool = True,
 ) -> list[dict]:
-    """Run the whole pipeline and print a table of the families and the champion."""
+    """Run the whole pipeline and print a table of the families and the champion.
+    `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
+    slower; see the README's "What to expect")."""
     commit = git_commit()
     with kana_run("main", run_name=f"main-{class_set}"):
         log_params({
@@ -88,7 +91,8 @@ def main(
         dataset_run_id = prep.info.run_id
         common = {"dataset_run_id": dataset_run_id, "seed": seed, "real_dir": real_dir}
         runs = {
-            "cnn": _get_or_run("train_cnn", {**common, "epochs": cnn_epochs}, commit, reuse),
+            "cnn": _get_or_run("train_cnn", {**common, "epochs": cnn_epochs,
+                                             "raster_size": cnn_raster_size}, commit, reuse),
             "transfer": _get_or_run("train_transfer", {
                 **common, "epochs": transfer_epochs, "kanji_classes": kanji_classes,
                 "kanji_per_class": kanji_per_class, "base_epochs": base_epochs,
