@@ -77,6 +77,9 @@ def main(
     """Run the whole pipeline and print a table of the families and the champion.
     `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
     slower; see the README's "What to expect")."""
+    from kana.training import check_raster_size
+
+    check_raster_size(cnn_raster_size, "cnn_raster_size")  # before any step runs
     commit = git_commit()
     with kana_run("main", run_name=f"main-{class_set}"):
         log_params({

@@ -415,6 +415,12 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
 # --------------------------------------------------------------------------- the three families
 
 
+def check_raster_size(size: int, name: str = "raster_size") -> None:
+    """Refuse a raster size the CNN cannot take, naming the parameter that gave it."""
+    if not MIN_RASTER_SIZE <= size <= MAX_RASTER_SIZE:
+        raise ValueError(f"{name} must be {MIN_RASTER_SIZE}-{MAX_RASTER_SIZE} pixels, got {size}")
+
+
 def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
               learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 128,
               batch_norm: int = 1, filters: int = 16, seed: int = 127, real_dir: str = "",
@@ -428,8 +434,7 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     own; see the README's "What to expect")."""
     from kana.models import build_cnn
 
-    if not MIN_RASTER_SIZE <= raster_size <= MAX_RASTER_SIZE:
-        raise ValueError(f"raster_size must be {MIN_RASTER_SIZE}-{MAX_RASTER_SIZE} pixels, got {raster_size}")
+    check_raster_size(raster_size)
 
     def build(config, ds):
         shape = (config.raster_size,) * 2 + (2 if config.stroke_order else 1,)

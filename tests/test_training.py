@@ -95,8 +95,12 @@ def test_a_cnn_reads_rasters_of_its_own_size_and_older_configs_read_32_pixels():
 def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
     from kana.training import train_cnn
 
-    with pytest.raises(ValueError, match="raster_size"):
+    from kana.pipeline import main
+
+    with pytest.raises(ValueError, match="^raster_size"):
         train_cnn(raster_size=size)
+    with pytest.raises(ValueError, match="^cnn_raster_size"):  # before main preprocesses anything
+        main(cnn_raster_size=size)
 
 
 def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
