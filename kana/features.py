@@ -13,7 +13,9 @@
   `resample_samples` does both, for a batch, in training and serving alike.
 - `render_raster`: the CNN input, the character fitted into a 28x28 image keeping its aspect, y
   flipped to image convention, drawn with Pillow (width 1) and padded to 32x32. `render_rasters`
-  draws a batch's.
+  draws a batch's. The notebook drew pixels on or off (`antialias=1`, what a dataset stores); the
+  CNNs take rasters drawn at `ANTIALIAS` times the size and box-filtered down, so a pixel keeps
+  how much of it a stroke covers (where a small ゜ or a tap runs within a pixel).
 - `lstm_tensor`: the LSTM input, per stroke (x, y, cos, sin) side by side, zero padded to
   `max_strokes`, then scaled by (a + 1) / 2 as the notebook did; optionally with the character
   fitted to the box first (`fit_box`). `lstm_tensors` builds a batch's at once. A sample with
@@ -35,6 +37,8 @@ MAX_GAP = 0.02  # fill_long_gaps' longest run between points, as a share of the 
 RASTER_SIZE = 28
 RASTER_PAD = 2
 STROKE_WIDTH = 1
+ANTIALIAS = 4  # the CNNs' rasters: drawn at 4x the size, then each 4x4 block averaged
+MAX_ANTIALIAS = 8
 
 
 # --------------------------------------------------------------------------- B-spline resampling
@@ -213,9 +217,12 @@ def render_raster(
     size: int = RASTER_SIZE,
     pad: int = RASTER_PAD,
     width: int = STROKE_WIDTH,
+    antialias: int = 1,
 ) -> np.ndarray:
-    """Resampled strokes (app coords) -> uint8 image (size + 2 pad) squared, ink 255 on 0."""
-    return render_rasters([resampled], size, pad, width)[0]
+    """Resampled strokes (app coords) -> uint8 image (size + 2 pad) squared, ink 255 on 0.
+    `antialias` > 1: drawn that many times the size (strokes as much wider, with round ends, so a
+    tap stays a dot) and box-filtered down, a pixel's value the share of it the stroke covers."""
+    return render_rasters([resampled], size, pad, width, antialias)[0]
 
 
 def render_rasters(
@@ -223,20 +230,27 @@ def render_rasters(
     size: int = RASTER_SIZE,
     pad: int = RASTER_PAD,
     width: int = STROKE_WIDTH,
+    antialias: int = 1,
 ) -> np.ndarray:
     """`render_raster` of each sample, (N, size + 2 pad, size + 2 pad): the same pixels, with
     the fit computed together for the samples of each stroke count and one image drawn over and
-    over (a batch of 1,000: 49-76 ms instead of 71-146 here)."""
-    return _draw_strokes(resampled, lambda n: [255] * n, size, pad, width)
+    over (a batch of 1,000: 49-76 ms instead of 71-146 here; about twice that anti-aliased)."""
+    return _draw_strokes(resampled, lambda n: [255] * n, size, pad, width, antialias)
 
 
 def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int = RASTER_PAD,
-                        width: int = STROKE_WIDTH) -> np.ndarray:
+                        width: int = STROKE_WIDTH, antialias: int = 1) -> np.ndarray:
     """A second raster channel for the CNN: each stroke drawn with an intensity that grows with
     its place in the drawing order, (i + 1) / n of 255 for stroke i of n (later strokes drawn
     over earlier ones), so the network sees the order a raster alone hides."""
     return _draw_strokes([resampled], lambda n: [round(255 * (i + 1) / n) for i in range(n)],
-                         size, pad, width)[0]
+                         size, pad, width, antialias)[0]
+
+
+def check_antialias(antialias: int) -> None:
+    """Refuse a drawing scale the rasters cannot take (1: off; beyond 8 costs time for nothing)."""
+    if not 1 <= antialias <= MAX_ANTIALIAS:
+        raise ValueError(f"antialias must be 1-{MAX_ANTIALIAS}, got {antialias}")
 
 
 def _by_stroke_count(resampled: list[np.ndarray]) -> dict[int, list[int]]:
@@ -249,19 +263,28 @@ def _by_stroke_count(resampled: list[np.ndarray]) -> dict[int, list[int]]:
 
 
 def _draw_strokes(resampled: list[np.ndarray], fills: Callable[[int], list[int]], size: int, pad: int,
-                  width: int) -> np.ndarray:
+                  width: int, antialias: int = 1) -> np.ndarray:
     """Each sample's strokes fitted into a `size` square (y flipped), stroke i of n drawn in
-    fills(n)[i], then padded."""
+    fills(n)[i], then padded; with `antialias` > 1 drawn that much larger and box-filtered down."""
+    check_antialias(antialias)
     out = np.zeros((len(resampled), size + 2 * pad, size + 2 * pad), dtype=np.uint8)
-    img = Image.new("L", (size, size), 0)
+    side, pen = size * antialias, width * antialias
+    img = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(img)
     for members in _by_stroke_count(resampled).values():
         group = to_image_coords(np.stack([resampled[k] for k in members]))
-        for k, pixels in zip(members, fit_to_pixels(group, size, width, batched=True)):
-            draw.rectangle((0, 0, size - 1, size - 1), fill=0)  # what the previous sample left
+        for k, pixels in zip(members, fit_to_pixels(group, side, pen, batched=True)):
+            draw.rectangle((0, 0, side - 1, side - 1), fill=0)  # what the previous sample left
             for stroke, fill in zip(pixels, fills(len(pixels))):
-                draw.line(stroke.ravel().tolist(), fill=fill, width=width)
-            out[k, pad : pad + size, pad : pad + size] = np.asarray(img)
+                if antialias == 1:
+                    draw.line(stroke.ravel().tolist(), fill=fill, width=width)
+                    continue
+                draw.line(stroke.ravel().tolist(), fill=fill, width=pen, joint="curve")
+                r = pen / 2  # round ends: Pillow draws a wide line of no length as one pixel
+                for x, y in (stroke[0], stroke[-1]):
+                    draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+            small = img if antialias == 1 else img.reduce(antialias)
+            out[k, pad : pad + size, pad : pad + size] = np.asarray(small)
     return out
 
 

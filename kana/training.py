@@ -49,6 +49,7 @@ class ModelConfig:
     off_by_one_weight: float | None = None  # see classes.OFF_BY_ONE_WEIGHT; None for older models
     pen_path_points: int = 0  # pen_path input: the path's length in points (features.pen_path_tensors)
     raster_size: int = RASTER_SHAPE[0]  # raster input: the side in pixels, padding included
+    raster_antialias: int = 1  # raster input: drawn this many times larger, box-filtered down (1: older models)
 
     @property
     def resampling(self) -> tuple[int, float]:
@@ -59,7 +60,7 @@ class ModelConfig:
     def input_key(self) -> tuple:
         """What decides this model's input: models with equal keys take the same input."""
         return (self.input_kind, *self.resampling, self.max_strokes, self.fit_box, self.stroke_order,
-                self.pen_path_points, self.raster_size)
+                self.pen_path_points, self.raster_size, self.raster_antialias)
 
     @property
     def takes_pen_paths(self) -> bool:
@@ -103,14 +104,16 @@ class ModelConfig:
 
 
 def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.ndarray | None = None):
-    """The model's input batch from resampled strokes (and rasters, when already rendered)."""
+    """The model's input batch from resampled strokes. `rasters`, when given, are a dataset's (the
+    notebook's: 32 pixels, not anti-aliased), used as they are by a model that takes those."""
     if config.input_kind == "raster":
         inner = config.raster_size - 2 * features.RASTER_PAD  # the character's box, in pixels
-        if rasters is None or rasters.shape[1:] != (config.raster_size,) * 2:
-            rasters = features.render_rasters(resampled, inner)
+        aa = config.raster_antialias
+        if rasters is None or rasters.shape[1:] != (config.raster_size,) * 2 or aa != 1:
+            rasters = features.render_rasters(resampled, inner, antialias=aa)
         if not config.stroke_order:
             return raster_batch_to_input(rasters)
-        order = np.stack([features.render_order_raster(r, inner) for r in resampled])
+        order = np.stack([features.render_order_raster(r, inner, antialias=aa) for r in resampled])
         return np.concatenate([raster_batch_to_input(rasters), raster_batch_to_input(order)], axis=-1)
     if not resampled:  # an empty split
         return np.zeros((0, *config.input_shape), dtype=np.float32)
@@ -424,17 +427,20 @@ def check_raster_size(size: int, name: str = "raster_size") -> None:
 def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
               learning_rate: float = 1e-3, patience: int = 3, dense_units: int = 128,
               batch_norm: int = 1, filters: int = 16, seed: int = 127, real_dir: str = "",
-              augment: int = 1, stroke_order: int = 0, raster_size: int = RASTER_SHAPE[0]) -> str:
+              augment: int = 1, stroke_order: int = 0, raster_size: int = RASTER_SHAPE[0],
+              antialias: int = features.ANTIALIAS) -> str:
     """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation.
     The notebook's exact net: `--filters 32 --dense-units 40 --batch-norm 0`. Half its width
     (filters 16) costs a quarter of the compute at serving and, in the ensemble, reads as well.
     `stroke_order` adds a second input channel with the strokes drawn in order of intensity.
     `raster_size`: the rasters' side in pixels (the notebook's 32, padding included); other sizes
     are drawn from the dataset's resampled strokes (48: small voicing marks get pixels of their
-    own; see the README's "What to expect")."""
+    own; see the README's "What to expect"). `antialias`: rasters drawn that many times larger and
+    box-filtered down (`features.render_rasters`; 1 draws the notebook's, pixels on or off)."""
     from kana.models import build_cnn
 
     check_raster_size(raster_size)
+    features.check_antialias(antialias)
 
     def build(config, ds):
         shape = (config.raster_size,) * 2 + (2 if config.stroke_order else 1,)
@@ -442,11 +448,12 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 
     return train_family(
         "cnn", build, {"dense_units": dense_units, "batch_norm": batch_norm, "filters": filters,
-                       "stroke_order": stroke_order, "raster_size": raster_size},
+                       "stroke_order": stroke_order, "raster_size": raster_size, "antialias": antialias},
         dataset_run_id=dataset_run_id, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed,
         real_dir=real_dir, augment=augment,
-        input_options={"stroke_order": bool(stroke_order), "raster_size": raster_size},
+        input_options={"stroke_order": bool(stroke_order), "raster_size": raster_size,
+                       "raster_antialias": antialias},
     )
 
 
@@ -507,23 +514,24 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
                    batch_size: int = 64, learning_rate: float = 5e-4, patience: int = 3,
                    dense_units: int = 128, kanji_classes: int = 150, kanji_per_class: int = 40,
                    base_epochs: int = 12, filters: int = 16, seed: int = 127, real_dir: str = "",
-                   augment: int = 1) -> str:
+                   augment: int = 1, antialias: int = features.ANTIALIAS) -> str:
     """MLflow entry point `train_transfer`: a CNN base trained on other characters, fine-tuned.
 
     The base comes from `base_model_uri` when given; otherwise the latest `kana-kanji-base`
     version trained with the same settings and the same raster code (`raster_code_digest`) is
     reused, and only when there is none is one trained
     (on kanji synthesized from KanjiVG, or on Kuzushiji-49 when `base_source` is a folder of its
-    .npz files) and registered.
+    .npz files) and registered. `antialias`: as `train_cnn`'s, for the base's rasters too.
     """
     import mlflow
 
     from kana.models import build_transfer
 
+    features.check_antialias(antialias)
     base_settings = {
         "base_source": base_source, "kanji_classes": kanji_classes,
         "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters,
-        "seed": seed,
+        "seed": seed, "antialias": antialias,
     }
     uri = base_model_uri or find_kanji_base(base_settings)
 
@@ -538,10 +546,12 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
         "transfer", build,
         {"base_model_uri": base_model_uri, "frozen_blocks": frozen_blocks, "dense_units": dense_units,
          "base_source": base_source, "kanji_classes": kanji_classes,
-         "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters},
+         "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters,
+         "antialias": antialias},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
         augment=augment, extra_tags={"kana.base_model_uri": base_model_uri or "kana-kanji-base"},
+        input_options={"raster_antialias": antialias},
     )
 
 
@@ -602,21 +612,23 @@ def load_kuzushiji_npz(folder: str | Path) -> tuple[np.ndarray, np.ndarray, int]
     return rasters, labels, int(labels.max()) + 1
 
 
-def kanji_rasters(kanji_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Synthesized KanjiVG kanji rendered with the same raster recipe as kana's own samples."""
+def kanji_rasters(kanji_classes: int, per_class: int, seed: int,
+                  antialias: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
+    """Synthesized KanjiVG kanji rendered with the same raster recipe as kana's own samples (`antialias`:
+    as the CNNs' rasters are drawn)."""
     from kana.synth import kanji_characters, synthesize_dataset
 
     chars = kanji_characters(kanji_classes, seed)
     label_of = {c: i for i, c in enumerate(chars)}
     samples = synthesize_dataset(chars, per_class, seed)
-    rasters = np.stack([raster for _, raster in featurize([s for _, s in samples], features.N_POINTS,
-                                                          features.MAX_GAP)])
+    resampled = features.resample_samples([s for _, s in samples], features.N_POINTS, features.MAX_GAP)
+    rasters = features.render_rasters(resampled, antialias=antialias)
     labels = np.array([label_of[c] for c, _ in samples])
     return rasters, labels, len(chars)
 
 
 def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int, base_epochs: int,
-                     filters: int, seed: int) -> str:
+                     filters: int, seed: int, antialias: int = 1) -> str:
     """Train the CNN base on other characters in a nested run and register it; returns its URI."""
     import mlflow
 
@@ -624,12 +636,12 @@ def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int,
 
     settings = {"base_source": base_source, "kanji_classes": kanji_classes,
                 "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters,
-                "seed": seed}
+                "seed": seed, "antialias": antialias}
     with mlflow.start_run(run_name="kanji-base", nested=True):
         mlflow.set_tags({"kana.entry_point": "kanji_base", **_base_tags(settings)})
         log_params(settings)
         if base_source == "kanjivg":
-            rasters, labels, n_classes = kanji_rasters(kanji_classes, kanji_per_class, seed)
+            rasters, labels, n_classes = kanji_rasters(kanji_classes, kanji_per_class, seed, antialias)
         else:
             rasters, labels, n_classes = load_kuzushiji_npz(base_source)
         rng = np.random.default_rng(seed)

@@ -181,6 +181,37 @@ def test_a_batch_of_rasters_is_each_sample_drawn_alone():
     assert render_rasters([]).shape == (0, 32, 32)
 
 
+def test_anti_aliased_raster_keeps_where_a_stroke_runs_within_a_pixel():
+    """A bar fitted to run midway between two pixel rows: the notebook's drawing puts it all in
+    one row, anti-aliased (drawn 4x larger, then each 4x4 block averaged) half in each."""
+    bar = resample_strokes([np.array([[-1.0, 0.0], [1.0, 0.0]])])
+    plain, smooth = render_raster(bar), render_raster(bar, antialias=4)
+    assert smooth.shape == plain.shape == (32, 32) and smooth.dtype == np.uint8
+    inner = slice(4, 28)  # away from the round ends
+    assert (plain[15, inner] == 255).all() and not plain[16].any()
+    assert (smooth[15, inner] == 128).all() and (smooth[16, inner] == 128).all()
+    assert not np.delete(smooth, [15, 16], axis=0).any()
+    np.testing.assert_array_equal(render_rasters([bar, bar], antialias=4)[1], smooth)
+
+
+def test_an_anti_aliased_tap_stays_a_dot():
+    """Pillow draws a wide line of no length as one pixel of the larger image, which averaging
+    would all but erase: a tapped voicing mark must stay about a pixel's worth of ink."""
+    strokes = [np.array([[-0.8, 0.8], [0.8, -0.8]]), np.array([[0.5, 0.5]])]
+    smooth = render_raster(resample_strokes(strokes), antialias=4)
+    alone = render_raster(resample_strokes([np.array([[-0.8, 0.8], [0.8, -0.8]])]), antialias=4)
+    tap = smooth.astype(int) - alone
+    rows, cols = np.nonzero(tap)
+    assert 1 <= len(rows) <= 4 and np.ptp(rows) <= 1 and np.ptp(cols) <= 1
+    assert 0.5 * 255 <= tap.sum() <= 2 * 255
+
+
+@pytest.mark.parametrize("antialias", [0, 9])
+def test_a_drawing_scale_the_rasters_cannot_take_is_refused(antialias):
+    with pytest.raises(ValueError, match="^antialias must be 1-8"):
+        render_rasters([resample_strokes([np.array([[0.0, 0.0], [1.0, 1.0]])])], antialias=antialias)
+
+
 def test_order_raster_shades_each_stroke_by_its_place_in_the_order():
     # a cross: the bar first, then the stem drawn over it
     strokes = [np.array([[-0.8, 0.0], [0.8, 0.0]]), np.array([[0.0, 0.8], [0.0, -0.8]])]

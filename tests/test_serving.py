@@ -140,13 +140,14 @@ def test_each_member_gets_the_input_its_config_asks_for():
         return predict_probs, config
 
     members = [member(), member(stroke_order=True), member(), member(fit_box=False), member(fit_box=True),
-               member(raster_size=48)]
+               member(raster_size=48), member(raster_antialias=4)]
     samples = [synthesize_sample(get_class("ke"), np.random.default_rng(1))]
     Recognizer(members).probabilities(samples)
     shapes = [x.shape for _, x in seen]
     assert shapes == [(1, 32, 32, 1), (1, 32, 32, 2), (1, 32, 32, 1), (1, 120, 20), (1, 120, 20),
-                      (1, 48, 48, 1)]
+                      (1, 48, 48, 1), (1, 32, 32, 1)]
     assert seen[0][1] is seen[2][1]  # shared, not recomputed
+    assert len(np.unique(seen[6][1])) > 2 and len(np.unique(seen[0][1])) == 2  # its own, anti-aliased
     np.testing.assert_array_equal(seen[1][1][..., :1], seen[0][1])  # channel 0: the plain raster
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
 

@@ -91,6 +91,43 @@ def test_a_cnn_reads_rasters_of_its_own_size_and_older_configs_read_32_pixels():
     assert ModelConfig.from_json(json.dumps(older)).raster_size == 32
 
 
+def test_an_anti_aliased_cnn_gets_its_rasters_drawn_anew_and_older_configs_read_them_plain():
+    """A dataset stores the notebook's rasters (pixels on or off): a CNN trained on anti-aliased
+    ones is given those, drawn from the same strokes, also for its order channel; a config from
+    before the setting existed reads the stored ones, as it was trained."""
+    import json
+
+    from kana.dataset import featurize
+    from kana.features import render_order_raster, render_rasters
+    from kana.synth import synthesize_sample
+    from kana.training import model_inputs
+
+    samples = [synthesize_sample(get_class(c), np.random.default_rng(5)) for c in ("pa", "ke")]
+    resampled, rasters = zip(*featurize(samples, 120, 0.0))
+    resampled, rasters = list(resampled), np.stack(rasters)
+    config = ModelConfig("cnn", "raster", ["pa", "ke"], 120, 4, "basic46", raster_antialias=4)
+    smooth = model_inputs(config, resampled, rasters)
+    np.testing.assert_array_equal(smooth[..., 0], render_rasters(resampled, antialias=4) / np.float32(255))
+    assert len(np.unique(smooth)) > 2 and len(np.unique(rasters)) == 2  # grey levels against on / off
+    both = model_inputs(replace(config, stroke_order=True), resampled, rasters)
+    np.testing.assert_array_equal(both[..., 0], smooth[..., 0])
+    np.testing.assert_array_equal(both[1, ..., 1], render_order_raster(resampled[1], antialias=4) / np.float32(255))
+    older = json.loads(config.to_json())
+    del older["raster_antialias"]
+    older = ModelConfig.from_json(json.dumps(older))
+    assert older.raster_antialias == 1 and older.input_key != config.input_key
+    np.testing.assert_array_equal(model_inputs(older, resampled, rasters)[..., 0], rasters / np.float32(255))
+
+
+@pytest.mark.parametrize("antialias", [0, 9])
+def test_a_drawing_scale_the_cnns_cannot_take_is_refused_before_training(antialias):
+    from kana.training import train_cnn, train_transfer
+
+    for train in (train_cnn, train_transfer):  # no dataset needed: refused first
+        with pytest.raises(ValueError, match="^antialias must be 1-8"):
+            train(antialias=antialias)
+
+
 @pytest.mark.parametrize("size", [8, 15, 129])
 def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
     from kana.training import train_cnn
