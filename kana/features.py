@@ -234,7 +234,7 @@ def render_rasters(
 ) -> np.ndarray:
     """`render_raster` of each sample, (N, size + 2 pad, size + 2 pad): the same pixels, with
     the fit computed together for the samples of each stroke count and one image drawn over and
-    over (a batch of 1,000: 49-76 ms instead of 71-146 here; about twice that anti-aliased)."""
+    over (a batch of 1,000: 49-76 ms instead of 71-146 here; anti-aliased, about 2.5x that)."""
     return _draw_strokes(resampled, lambda n: [255] * n, size, pad, width, antialias)
 
 
