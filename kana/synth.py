@@ -28,6 +28,9 @@ package, CC BY-SA 3.0) and is written the way a finger or pen on a touch screen 
 - a third of the voiced samples (が, ぱ, ぎゃ...) have their voicing mark drawn small and quick, a
   third to four fifths of KanjiVG's size: KanjiVG draws every ゛ and ゜ the same size, and the
   CNNs trained on that read 68-71% of samples whose marks were a third of it (a tiny ゜ was missed);
+  one ゛ in ten is written in one stroke, its ticks joined (which gives ゜'s stroke count: ば has
+  ぱ's; 32 of the 40 errors the twentieth session's champion made on the check's samples with two
+  strokes joined were a ゛ so joined read as ゜);
 - compounds (きゃ...) are a full kana plus a small ゃ/ゅ/ょ at lower right, a third to four fifths
   its size; one in five is written as vertical text sets it, the small kana under the kana in the
   right half of its column.
@@ -344,6 +347,7 @@ def normalised(strokes, extent: float) -> list[np.ndarray]:
 
 
 SMALL_MARKS = 1 / 3  # share of voiced samples whose voicing mark is drawn small
+JOINED_MARKS = 0.1  # share of ゛ samples whose two ticks are written in one stroke
 _MARK_STROKES = {"\u3099": 2, "\u309a": 1}  # combining ゛ (two ticks) and ゜ (a circle)
 
 
@@ -364,6 +368,19 @@ def resize_voicing_mark(strokes: list[np.ndarray], character: str, factor: float
     marks = strokes[end - n_marks : end]
     centre = np.vstack(marks).mean(axis=0)
     return strokes[: end - n_marks] + [(m - centre) * factor + centre for m in marks] + strokes[end:]
+
+
+def join_voicing_mark(strokes: list[np.ndarray], character: str) -> list[np.ndarray]:
+    """A ゛'s two ticks (the base kana's last two strokes) written in one stroke, the pen going
+    straight from the first tick's end to the second's start, as quick writers do. The kana then
+    has one stroke fewer, ゜'s count (ば joined has ぱ's strokes), which only the mark's shape tells
+    apart; a ゜ (one stroke) or no mark: as it was."""
+    if voicing_mark_strokes(character[0]) != 2:
+        return strokes
+    end = len(glyph_strokes(character[0]))
+    first, second = strokes[end - 2], strokes[end - 1]
+    bridge = _densify(np.vstack([first[-1], second[0]]))
+    return strokes[: end - 2] + [np.vstack([first, bridge[1:-1], second])] + strokes[end:]
 
 
 ORDER_SLIP = 0.1  # share of samples with two consecutive strokes written in the wrong order
@@ -477,6 +494,7 @@ def synthesize_sample(
     order_slip: float = ORDER_SLIP,
     reversed_stroke: float = REVERSED_STROKE,
     small_marks: float = SMALL_MARKS,
+    joined_marks: float = JOINED_MARKS,
     messiness: float | None = None,
     off_table_join: float = OFF_TABLE_JOINS,
     vertical_compound: float = VERTICAL_COMPOUNDS,
@@ -487,7 +505,8 @@ def synthesize_sample(
     app's raw convention: strokes of (N, 2) points, x, y in [-1, 1], y up. `order_slip`: the
     chance of two consecutive strokes in the wrong order, `reversed_stroke`: of one stroke drawn
     backwards (both 0: always the textbook order and directions), `small_marks`: of a voicing
-    mark drawn small (0: KanjiVG's size, give or take the usual per-stroke scatter),
+    mark drawn small (0: KanjiVG's size, give or take the usual per-stroke scatter), `joined_marks`:
+    of a ゛ written in one stroke (0: never; its table's count then is one stroke off),
     `messiness`: scales how far each stroke strays from its place and how much the character
     bends (2: twice as far; default: 1, or for a kana class, for MESSY_WRITERS of the samples,
     drawn between 1 and 2), `off_table_join`: for a kana class, the chance of two strokes
@@ -508,6 +527,10 @@ def synthesize_sample(
             messiness = rng.uniform(1.0, 2.0)
         if rng.random() < small_marks:
             strokes = resize_voicing_mark(strokes, kana.character, rng.uniform(1 / 3, 0.8))
+        if (joined_marks and voicing_mark_strokes(kana.character[0]) == 2
+                and rng.random() < joined_marks):  # no draw at 0 or without ゛: samples as before
+            strokes = join_voicing_mark(strokes, kana.character)
+            n_base = None if n_base is None else n_base - 1
     if (not isinstance(kana, str) and kana.character in SPLIT_FORMS
             and len(strokes) + 1 in allowed_counts and rng.random() < 0.5):
         k = SPLIT_FORMS[kana.character]
