@@ -565,7 +565,8 @@ def synthesize_sample(
         joinable = len(strokes) - fixed_tail_strokes(kana)  # the kana's body
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
             strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
-        elif (off_table_join and len(strokes) - 1 not in allowed_counts and joinable > 1
+        elif (off_table_join and len(strokes) in allowed_counts  # not a ゛ joined off it already
+              and len(strokes) - 1 not in allowed_counts and joinable > 1
               and rng.random() < off_table_join):
             strokes = join_strokes(strokes, len(strokes) - 1, rng, keep_apart=joinable)
     if (off_table_split and not isinstance(kana, str) and len(strokes) + 1 not in allowed_counts

@@ -40,7 +40,7 @@ def test_every_class_synthesizes_a_valid_raw_sample():
     rng = np.random.default_rng(0)
     for kana in class_set("all"):
         for _ in range(3):
-            sample = synthesize_sample(kana, rng, off_table_join=0, off_table_split=0)
+            sample = synthesize_sample(kana, rng, off_table_join=0, off_table_split=0, joined_marks=0)
             strokes = parse_strokes({i + 1: s for i, s in enumerate(sample)}, kana.char_id)
             check_stroke_count(strokes, kana.char_id)
             assert all(np.abs(s).max() <= 1.0 for s in strokes)
@@ -52,8 +52,8 @@ def test_off_table_joins_give_one_stroke_fewer_and_keep_a_compounds_small_kana()
     rng = np.random.default_rng(2)
 
     def counts(char_id, share):
-        return {len(synthesize_sample(get_class(char_id), rng, off_table_join=share, off_table_split=0))
-                for _ in range(40)}
+        return {len(synthesize_sample(get_class(char_id), rng, off_table_join=share, off_table_split=0,
+                                      joined_marks=0)) for _ in range(40)}
 
     assert counts("ka", 0) == {3} and counts("ka", 1) == {2}
     assert counts("ta", 1) == {3}
@@ -61,14 +61,16 @@ def test_off_table_joins_give_one_stroke_fewer_and_keep_a_compounds_small_kana()
     assert counts("sya", 1) == {4}  # し has one stroke, and ゃ is never joined to it
     assert counts("tya", 1) == {4}  # ち's two strokes joined, ゃ's three kept
     assert counts("zya", 1) == {6}  # じ's body is one stroke: nothing to join
-    # a voicing mark is never joined (ば with its ticks joined would have ぱ's count): the body is
+    # an off-table join never joins a voicing mark (ば with its ticks joined has ぱ's count; that is
+    # `joined_marks`, off here): the body's strokes are joined
     bodies = {"ga": "か", "ba": "は", "pa": "は", "dya": "ち"}
     for char_id, body in bodies.items():
         kana = get_class(char_id)
         marks = 1 if char_id == "pa" else 2
         n_body = len(glyph_strokes(body))
         for _ in range(10):
-            sample = synthesize_sample(kana, rng, off_table_join=1, order_slip=0, reversed_stroke=0)
+            sample = synthesize_sample(kana, rng, off_table_join=1, order_slip=0, reversed_stroke=0,
+                                       joined_marks=0)
             assert len(sample) == sum(len(glyph_strokes(c)) for c in kana.character) - 1
             extent = np.ptp(np.vstack(sample), axis=0).max()
             mark = sample[n_body - 1 : n_body - 1 + marks]  # right after the joined body
@@ -239,7 +241,7 @@ def test_so_is_split_at_its_first_corner_into_a_tick_and_the_rest():
 
 def test_so_and_zo_come_in_both_written_forms():
     rng = np.random.default_rng(4)
-    on_table = {"off_table_join": 0, "off_table_split": 0}
+    on_table = {"off_table_join": 0, "off_table_split": 0, "joined_marks": 0}
     assert {len(synthesize_sample(get_class("so"), rng, **on_table)) for _ in range(40)} == {1, 2}
     assert {len(synthesize_sample(get_class("zo"), rng, **on_table)) for _ in range(40)} == {3, 4}
 
@@ -283,6 +285,42 @@ def test_small_voicing_marks_shrink_the_mark_in_the_recorded_sample():
     small = [mark_extent(synthesize_sample(get_class("ba"), np.random.default_rng(k), small_marks=1.0, **kw))
              for k in range(40)]
     assert np.median(small) < 0.75 * np.median(plain)
+
+
+
+def test_a_joined_voicing_mark_is_its_two_ticks_in_one_stroke():
+    from kana.synth import join_voicing_mark
+
+    ba = list(glyph_strokes("ば"))  # は (3 strokes), then the two ticks of ゛
+    joined = join_voicing_mark(ba, "ば")
+    assert len(joined) == 4 and all(np.array_equal(a, b) for a, b in zip(ba[:3], joined[:3]))
+    # the first tick, a straight line from its end to the second's start, then the second tick
+    assert np.array_equal(joined[3][: len(ba[3])], ba[3]) and np.array_equal(joined[3][-len(ba[4]) :], ba[4])
+    bridge = joined[3][len(ba[3]) - 1 : len(joined[3]) - len(ba[4]) + 1]
+    direction = (ba[4][0] - ba[3][-1]) / np.linalg.norm(ba[4][0] - ba[3][-1])
+    steps = np.diff(bridge, axis=0)
+    assert np.allclose(steps / np.linalg.norm(steps, axis=1, keepdims=True), direction)
+    # a compound keeps its small kana apart; ゜ and no mark: as they were
+    bya = list(glyph_strokes("び")) + list(glyph_strokes("ゃ"))
+    assert [len(s) for s in join_voicing_mark(bya, "びゃ")[-3:]] == [len(s) for s in bya[-3:]]
+    pa, ka = list(glyph_strokes("ぱ")), list(glyph_strokes("か"))
+    assert join_voicing_mark(pa, "ぱ") is pa and join_voicing_mark(ka, "か") is ka
+
+
+def test_joined_voicing_marks_in_samples_leave_other_classes_as_they_were():
+    kw = {"order_slip": 0.0, "off_table_join": 0.0, "off_table_split": 0.0}
+    counts = [len(synthesize_sample(get_class("bi"), np.random.default_rng(k), joined_marks=1.0, **kw))
+              for k in range(10)]
+    assert counts == [2] * 10  # び (3 strokes) with its ゛ in one: ぴ's count
+    bya = synthesize_sample(get_class("bya"), np.random.default_rng(0), joined_marks=1.0, **kw)
+    assert len(bya) == 5  # びゃ: ひ, the joined ゛, ゃ's 3 strokes (never joined to the ゛)
+    # one slip off the table at a time: a ば whose ゛ is joined has no body strokes joined too
+    counts = {len(synthesize_sample(get_class("ba"), np.random.default_rng(k), joined_marks=1.0,
+                                    off_table_join=1.0, off_table_split=0.0)) for k in range(20)}
+    assert counts == {4}
+    for cid in ("pa", "ka", "pya"):  # a ゜ or no mark: no draw, the same sample
+        a, b = (synthesize_sample(get_class(cid), np.random.default_rng(2), joined_marks=j) for j in (0.0, 1.0))
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def _stroke_centre_spread(samples) -> float:
