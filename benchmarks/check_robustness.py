@@ -26,8 +26,9 @@ by default, all classes the models know), read by the Keras models each training
 - a stroke count the class's table does not allow, which the models' stroke-count prior weighs
   against (`kana.classes.OFF_BY_ONE_WEIGHT`, as each is one stroke off): two strokes joined into
   one where the table allows no fewer (the closest pair, as a tenth of training's samples are
-  joined; or any pair, chosen at random), or a stray dot (1-3 points) added, or the longest stroke
-  lifted at its middle, where it allows no more;
+  joined, which in a ゛ kana is the mark's two ticks, as a tenth of training's ゛ are written; or
+  any pair, chosen at random), or a stray dot (1-3 points) added, or the longest stroke lifted at
+  its middle, where it allows no more;
 - a messier writer: fresh samples (another seed) whose strokes stray twice or three times as far
   from their places, and whose characters bend as much more, as the synthesizer's usual writer
   (`synthesize_sample(messiness=...)`; training has a third of its samples at 1-2x).
