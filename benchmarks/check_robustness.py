@@ -215,8 +215,8 @@ def main():
     class_ids = next(iter(members.values())).config.class_ids
 
     rng = np.random.default_rng(2024)
-    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "joined_marks": 0.0, "messiness": 1.0,
-                "off_table_join": 0.0, "vertical_compound": 0.0, "off_table_split": 0.0}
+    textbook = {"order_slip": 0.0, "reversed_stroke": 0.0, "small_marks": 0.0, "joined_marks": 0.0,
+                "messiness": 1.0, "off_table_join": 0.0, "vertical_compound": 0.0, "off_table_split": 0.0}
     base = [(cid, synthesize_sample(get_class(cid), rng, **textbook))
             for cid in class_ids for _ in range(args.per_class)]
     base = [(cid, list(s)) for cid, s in base if len(s) > 1]  # order conditions need two strokes

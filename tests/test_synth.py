@@ -287,7 +287,6 @@ def test_small_voicing_marks_shrink_the_mark_in_the_recorded_sample():
     assert np.median(small) < 0.75 * np.median(plain)
 
 
-
 def test_a_joined_voicing_mark_is_its_two_ticks_in_one_stroke():
     from kana.synth import join_voicing_mark
 
