@@ -518,6 +518,7 @@ def synthesize_sample(
     if messiness is not None and not 0 <= messiness <= 4:
         raise ValueError(f"messiness must be between 0 and 4, got {messiness}")
     n_base = None
+    fixed_tail = fixed_tail_strokes(kana)  # the mark and small kana: never joined off the table
     if isinstance(kana, str):
         strokes = [s.copy() for s in glyph_strokes(kana)]
     else:
@@ -531,6 +532,7 @@ def synthesize_sample(
                 and rng.random() < joined_marks):  # no draw at 0 or without ゛: samples as before
             strokes = join_voicing_mark(strokes, kana.character)
             n_base = None if n_base is None else n_base - 1
+            fixed_tail -= 1  # the ゛ is one stroke now
     if (not isinstance(kana, str) and kana.character in SPLIT_FORMS
             and len(strokes) + 1 in allowed_counts and rng.random() < 0.5):
         k = SPLIT_FORMS[kana.character]
@@ -562,7 +564,7 @@ def synthesize_sample(
             strokes[i] = _hook(strokes[i], strokes[i + 1][0], rng)
     if allowed_counts:
         fewer = [k for k in allowed_counts if k < len(strokes)]
-        joinable = len(strokes) - fixed_tail_strokes(kana)  # the kana's body
+        joinable = len(strokes) - fixed_tail  # the kana's body
         if fewer and (len(strokes) not in allowed_counts or rng.random() < 0.35):
             strokes = join_strokes(strokes, int(rng.choice(fewer)), rng, keep_apart=n_base)
         elif (off_table_join and len(strokes) in allowed_counts  # not a ゛ joined off it already
@@ -572,7 +574,7 @@ def synthesize_sample(
     if (off_table_split and not isinstance(kana, str) and len(strokes) + 1 not in allowed_counts
             and len(strokes) + 1 <= (max_strokes or _most_strokes())
             and rng.random() < off_table_split):  # no draw at 0: samples as before
-        strokes = split_stroke(strokes, rng, len(strokes) - fixed_tail_strokes(kana))
+        strokes = split_stroke(strokes, rng, len(strokes) - fixed_tail)
 
     # the whole character: slant, shear, aspect, size and position on the canvas
     m = _rotation(rng.normal(0, 0.08)) @ np.array([[1.0, rng.normal(0, 0.12)], [0.0, 1.0]])

@@ -322,6 +322,22 @@ def test_joined_voicing_marks_in_samples_leave_other_classes_as_they_were():
         assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_an_off_table_join_after_a_joined_voicing_mark_may_take_the_bodys_last_stroke():
+    # ぎ: き's 4 strokes, then ゛. With the ゛ in one stroke (5: on its table "5 or 6") an off-table
+    # join may join any two of き's strokes, its last (the bottom curve) too: the ゛ is one stroke of
+    # the tail now, not two (counted as two, き's last stroke was never chosen)
+    kw = {"joined_marks": 1.0, "off_table_join": 1.0, "off_table_split": 0.0, "order_slip": 0.0,
+          "reversed_stroke": 0.0}
+    samples = [synthesize_sample(get_class("gi"), np.random.default_rng(k), **kw) for k in range(20)]
+    assert {len(s) for s in samples} == {4}
+
+    def height(stroke, sample):
+        return np.ptp(stroke[:, 1]) / np.ptp(np.vstack(sample)[:, 1])
+
+    # き's third stroke (the long diagonal) joined to its fourth: one stroke from the top to the bottom
+    assert any(height(s[2], s) > 0.8 for s in samples)
+    assert all(height(s[3], s) < 0.35 for s in samples)  # the ゛ stays last, apart
+
 def _stroke_centre_spread(samples) -> float:
     """How much the strokes' centres move between samples, with each character fitted to its box."""
     centres = []
