@@ -243,8 +243,14 @@ def render_order_raster(resampled: np.ndarray, size: int = RASTER_SIZE, pad: int
     """A second raster channel for the CNN: each stroke drawn with an intensity that grows with
     its place in the drawing order, (i + 1) / n of 255 for stroke i of n (later strokes drawn
     over earlier ones), so the network sees the order a raster alone hides."""
-    return _draw_strokes([resampled], lambda n: [round(255 * (i + 1) / n) for i in range(n)],
-                         size, pad, width, antialias)[0]
+    return render_order_rasters([resampled], size, pad, width, antialias)[0]
+
+
+def render_order_rasters(resampled: list[np.ndarray], size: int = RASTER_SIZE, pad: int = RASTER_PAD,
+                         width: int = STROKE_WIDTH, antialias: int = 1) -> np.ndarray:
+    """`render_order_raster` of each sample, (N, size + 2 pad, size + 2 pad), drawn as a batch."""
+    return _draw_strokes(resampled, lambda n: [round(255 * (i + 1) / n) for i in range(n)],
+                         size, pad, width, antialias)
 
 
 def check_antialias(antialias: int) -> None:

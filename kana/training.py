@@ -113,7 +113,7 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
             rasters = features.render_rasters(resampled, inner, antialias=aa)
         if not config.stroke_order:
             return raster_batch_to_input(rasters)
-        order = np.stack([features.render_order_raster(r, inner, antialias=aa) for r in resampled])
+        order = features.render_order_rasters(resampled, inner, antialias=aa)
         return np.concatenate([raster_batch_to_input(rasters), raster_batch_to_input(order)], axis=-1)
     if not resampled:  # an empty split
         return np.zeros((0, *config.input_shape), dtype=np.float32)
