@@ -338,6 +338,7 @@ def test_an_off_table_join_after_a_joined_voicing_mark_may_take_the_bodys_last_s
     assert any(height(s[2], s) > 0.8 for s in samples)
     assert all(height(s[3], s) < 0.35 for s in samples)  # the ゛ stays last, apart
 
+
 def _stroke_centre_spread(samples) -> float:
     """How much the strokes' centres move between samples, with each character fitted to its box."""
     centres = []

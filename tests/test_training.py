@@ -111,7 +111,7 @@ def test_an_anti_aliased_cnn_gets_its_rasters_drawn_anew_and_older_configs_read_
     assert len(np.unique(smooth)) > 2 and len(np.unique(rasters)) == 2  # grey levels against on / off
     both = model_inputs(replace(config, stroke_order=True), resampled, rasters)
     np.testing.assert_array_equal(both[..., 0], smooth[..., 0])
-    for k in (0, 1):  # drawn as a batch, the same pixels as one at a time
+    for k in (0, 1):  # drawn as a batch (other stroke counts, one image redrawn): as drawn alone
         np.testing.assert_array_equal(both[k, ..., 1], render_order_raster(resampled[k], antialias=4) / np.float32(255))
     assert model_inputs(replace(config, stroke_order=True), [], None).shape == (0, 32, 32, 2)  # an empty split
     older = json.loads(config.to_json())
