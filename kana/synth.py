@@ -306,9 +306,14 @@ def join_strokes(strokes: list[np.ndarray], target: int, rng: np.random.Generato
         i = int(np.argmin(gaps))
         if keep_apart is not None:  # the join was inside the base kana: it has one stroke fewer
             keep_apart -= 1
-        bridge = _densify(np.vstack([strokes[i][-1], strokes[i + 1][0]]))
-        strokes[i : i + 2] = [np.vstack([strokes[i], bridge[1:-1], strokes[i + 1]])]
+        strokes[i : i + 2] = [pen_kept_down(strokes[i], strokes[i + 1])]
     return strokes
+
+
+def pen_kept_down(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Two strokes written as one: the pen goes straight from `first`'s end to `second`'s start."""
+    bridge = _densify(np.vstack([first[-1], second[0]]))
+    return np.vstack([first, bridge[1:-1], second])
 
 
 def _hook(stroke: np.ndarray, towards: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -378,9 +383,7 @@ def join_voicing_mark(strokes: list[np.ndarray], character: str) -> list[np.ndar
     if voicing_mark_strokes(character[0]) != 2:
         return strokes
     end = len(glyph_strokes(character[0]))
-    first, second = strokes[end - 2], strokes[end - 1]
-    bridge = _densify(np.vstack([first[-1], second[0]]))
-    return strokes[: end - 2] + [np.vstack([first, bridge[1:-1], second])] + strokes[end:]
+    return strokes[: end - 2] + [pen_kept_down(strokes[end - 2], strokes[end - 1])] + strokes[end:]
 
 
 ORDER_SLIP = 0.1  # share of samples with two consecutive strokes written in the wrong order
