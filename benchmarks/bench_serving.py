@@ -3,6 +3,10 @@
     python benchmarks/bench_serving.py                       # every family, untrained weights
     python benchmarks/bench_serving.py --model-uri models:/kana-classifier@champion
 
+In process, the pyfunc runs the `kana` code this script imported (this checkout's, or the one
+on PYTHONPATH), not the copy logged with the model: MLflow does not replace a package already
+imported. To time a model's own code, put that code first on PYTHONPATH.
+
 Without --model-uri each family's network (as `train_*` builds it for the `all` class set) is
 logged through the same registration code as a champion (ONNX export + pyfunc) into a temporary
 MLflow store; speed does not depend on the weights. Prints, per model:
@@ -344,7 +348,10 @@ def main():
                         help="uvicorn worker counts to load-test (default: 1 and 2)")
     args = parser.parse_args()
     samples = raw_samples(2000)
-    print(f"machine: {os.cpu_count()} cores; {len(samples)} synthetic raw samples (all 108 classes)")
+    import kana
+
+    print(f"machine: {os.cpu_count()} cores; {len(samples)} synthetic raw samples (all 108 classes); "
+          f"in process, the kana code in {Path(kana.__file__).parent}")
     with tempfile.TemporaryDirectory() as tmp:
         uris = {"model": args.model_uri} if args.model_uri else log_untrained_champions(Path(tmp))
         for name, uri in uris.items():

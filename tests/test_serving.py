@@ -128,28 +128,76 @@ def test_each_member_gets_the_input_its_config_asks_for():
     from kana.training import ModelConfig
 
     ids = [c.char_id for c in class_set("basic46")]
-    seen = []
+    seen = {}
 
-    def member(**settings):
+    def member(k, **settings):
         kind = "strokes" if "fit_box" in settings else "raster"
         config = ModelConfig("m", kind, ids, 120, 5, "basic46", **settings)
 
         def predict_probs(x):
-            seen.append((settings, x))
+            seen[k] = (settings, x)
             return np.full((len(x), len(ids)), 1 / len(ids))
         return predict_probs, config
 
-    members = [member(), member(stroke_order=True), member(), member(fit_box=False), member(fit_box=True),
-               member(raster_size=48), member(raster_antialias=4)]
+    members = [member(0), member(1, stroke_order=True), member(2), member(3, fit_box=False),
+               member(4, fit_box=True), member(5, raster_size=48), member(6, raster_antialias=4)]
     samples = [synthesize_sample(get_class("ke"), np.random.default_rng(1))]
     Recognizer(members).probabilities(samples)
-    shapes = [x.shape for _, x in seen]
+    shapes = [seen[k][1].shape for k in range(len(members))]
     assert shapes == [(1, 32, 32, 1), (1, 32, 32, 2), (1, 32, 32, 1), (1, 120, 20), (1, 120, 20),
                       (1, 48, 48, 1), (1, 32, 32, 1)]
     assert seen[0][1] is seen[2][1]  # shared, not recomputed
     assert len(np.unique(seen[6][1])) > 2 and len(np.unique(seen[0][1])) == 2  # its own, anti-aliased
     np.testing.assert_array_equal(seen[1][1][..., :1], seen[0][1])  # channel 0: the plain raster
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
+
+
+def test_a_large_batchs_networks_run_beside_its_rasters_with_the_same_numbers():
+    """From OVERLAP_FROM samples, the strokes member's network runs in the network thread while
+    the rasters are drawn: every network off the caller's thread, the strokes one first, and the
+    probabilities those of the same samples in batches too small to overlap. A network's error
+    in that thread reaches the caller."""
+    import threading
+
+    from kana.classes import class_set, get_class
+    from kana.serving import OVERLAP_FROM, Recognizer
+    from kana.synth import synthesize_sample
+    from kana.training import ModelConfig
+
+    classes = class_set("basic46")
+    ids = [c.char_id for c in classes]
+    calls = []
+
+    def member(kind, seed, fail=False):
+        """A fixed random projection of the input, softmaxed: different inputs, different rows."""
+        def predict_probs(x):
+            calls.append((kind, len(x), threading.current_thread() is threading.main_thread()))
+            if fail:
+                raise ValueError("the LSTM ran out of memory")
+            flat = x.reshape(len(x), -1)
+            w = np.random.default_rng(seed).normal(size=(flat.shape[1], len(ids)))
+            logits = flat @ w / np.sqrt(flat.shape[1])
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return predict_probs, ModelConfig("m", kind, ids, 120, 5, "basic46")
+
+    rng = np.random.default_rng(3)
+    distinct = [synthesize_sample(classes[k % len(classes)], rng) for k in range(32)]
+    samples = (distinct * (OVERLAP_FROM // len(distinct) + 1))[:OVERLAP_FROM]
+    recognizer = Recognizer([member("raster", 1), member("strokes", 2), member("raster", 3)])
+    together = recognizer.probabilities(samples)
+    assert calls == [("strokes", OVERLAP_FROM, False), ("raster", OVERLAP_FROM, False),
+                     ("raster", OVERLAP_FROM, False)]
+    calls.clear()
+    half = OVERLAP_FROM // 2
+    apart = np.concatenate([recognizer.probabilities(samples[:half]), recognizer.probabilities(samples[half:])])
+    assert all(on_main for *_, on_main in calls)  # too small to overlap
+    np.testing.assert_allclose(together, apart, rtol=1e-12)
+    assert len(np.unique(together.argmax(axis=1))) > 1
+
+    failing = Recognizer([member("raster", 1), member("strokes", 2, fail=True)])
+    with pytest.raises(ValueError, match="ran out of memory"):
+        failing.probabilities(samples)
 
 
 def test_a_sample_with_more_strokes_than_any_class_is_read_not_refused():
