@@ -131,6 +131,7 @@ class Recognizer:
         self.n_outputs = len(self.config.class_ids)
         self.batched_probabilities = BatchedCalls(self.probabilities)
         self._network_thread: ThreadPoolExecutor | None = None
+        self._network_thread_pid = 0
         self._network_thread_lock = threading.Lock()
 
     @staticmethod
@@ -234,10 +235,13 @@ class Recognizer:
 
     def network_thread(self) -> ThreadPoolExecutor:
         """One thread that runs the members' networks, one after another, for large batches;
-        started on first use (a recognizer that only sees small batches never starts it)."""
+        started on first use (a recognizer that only sees small batches never starts it), and
+        again in a process forked after it started: there the old one's thread is gone, and work
+        handed to it would never run."""
         with self._network_thread_lock:
-            if self._network_thread is None:
+            if self._network_thread is None or self._network_thread_pid != os.getpid():
                 self._network_thread = ThreadPoolExecutor(1, thread_name_prefix="kana-networks")
+                self._network_thread_pid = os.getpid()
             return self._network_thread
 
     def predict(self, samples) -> list[dict[str, Any]]:

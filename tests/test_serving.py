@@ -200,6 +200,49 @@ def test_a_large_batchs_networks_run_beside_its_rasters_with_the_same_numbers():
         failing.probabilities(samples)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_process_forked_after_a_large_batch_reads_large_batches_too():
+    """A process forked after the network thread started (a data loader's workers, a preforking
+    server) has no such thread: it starts its own instead of waiting on the parent's forever."""
+    import os
+    import select
+    import signal
+
+    from kana.classes import class_set, get_class
+    from kana.serving import OVERLAP_FROM, Recognizer
+    from kana.training import ModelConfig
+
+    ids = [c.char_id for c in class_set("basic46")]
+
+    def uniform(x):
+        return np.full((len(x), len(ids)), 1 / len(ids), dtype=np.float32)
+
+    recognizer = Recognizer([(uniform, ModelConfig("m", kind, ids, 120, 5, "basic46"))
+                             for kind in ("raster", "strokes")])
+    samples = [[np.array([[0.0, 0.5], [0.0, -0.5]])]] * OVERLAP_FROM
+    expected = recognizer.probabilities(samples)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer, then leave without running the parent's exit handlers
+        try:
+            os.write(write, recognizer.probabilities(samples).astype(np.float64).tobytes())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 60)
+        assert ready, "the forked process never answered"
+        got = b""
+        while chunk := os.read(read, 1 << 20):
+            got += chunk
+    finally:
+        os.close(read)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    np.testing.assert_array_equal(np.frombuffer(got).reshape(expected.shape), expected)
+
+
 def test_a_sample_with_more_strokes_than_any_class_is_read_not_refused():
     """People draw more strokes than a class has (a stroke lifted midway, a stray dot): the CNN
     reads every stroke, the LSTM the closest ones joined until they fit its columns."""
