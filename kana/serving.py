@@ -207,7 +207,7 @@ class Recognizer:
         their geometric mean when there are several.
 
         Inputs are made in this thread, raster members' last: their rasters take longest to draw.
-        For a batch of OVERLAP_FROM samples or more, each network runs in a thread of its own
+        For a batch of OVERLAP_FROM samples or more, each network runs in a second thread
         (`network_thread`; ONNX Runtime and TensorFlow release the GIL) as soon as its input is
         ready, so the other members' networks run while the rasters are drawn: the same numbers,
         1.1-1.25x the samples a second for batches of 1,000 here (`bench_serving.py`)."""
