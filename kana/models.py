@@ -77,14 +77,16 @@ def build_transfer(
 
 def build_lstm(
     n_classes: int, n_points: int, n_features: int, units: int = 128, dropout: float = 0.1,
-    dense_units: int = 128, downsample: int = 2,
+    dense_units: int = 128, downsample: int = 2, bidirectional: bool = False,
 ) -> keras.Model:
+    """`bidirectional`: a second LSTM of `units` reads the points from the strokes' ends back."""
     pool = [layers.AveragePooling1D(downsample)] if downsample > 1 else []
+    rnn = layers.Bidirectional(layers.LSTM(units)) if bidirectional else layers.LSTM(units)
     return keras.Sequential(
         [
             keras.Input((n_points, n_features)),
             *pool,
-            layers.LSTM(units),
+            rnn,
             layers.Dropout(dropout),
             layers.Dense(dense_units, activation="relu"),
             layers.Dense(n_classes, activation="softmax"),

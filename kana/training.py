@@ -462,7 +462,7 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                dropout: float = 0.1, dense_units: int = 128, downsample: int = 2,
                fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1,
                encoding: str = "strokes", pen_path_points: int = features.PEN_PATH_POINTS,
-               stroke_moves: float = 0.0, stroke_distortion: float = 1.0) -> str:
+               stroke_moves: float = 0.0, stroke_distortion: float = 1.0, bidirectional: int = 0) -> str:
     """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
     --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
     cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
@@ -476,7 +476,8 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     `lstm_path`, a family of its own: `register` then ensembles it with the others' best runs).
     `main` trains the notebook's: see the README for what the pen path did and did not gain.
     `stroke_moves`: with `augment`, the share of training samples, each epoch, with one stroke of
-    the kana moved elsewhere in its order (`models.move_one_stroke`)."""
+    the kana moved elsewhere in its order (`models.move_one_stroke`). `bidirectional`: a second
+    LSTM of `units` reads the sequence backwards (`units` 64 costs about what one LSTM of 128 does)."""
     from kana.models import build_lstm
 
     if encoding not in LSTM_ENCODINGS:
@@ -495,13 +496,13 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
 
     def build(config, ds):
         return build_lstm(len(config.class_ids), *config.input_shape, units, dropout, dense_units,
-                          downsample)
+                          downsample, bool(bidirectional))
 
     return train_family(
         LSTM_ENCODINGS[encoding], build, {"units": units, "dropout": dropout, "dense_units": dense_units,
                         "downsample": downsample, "fit_box": fit_box, "encoding": encoding,
                         "pen_path_points": options["pen_path_points"], "stroke_moves": stroke_moves,
-                        "stroke_distortion": stroke_distortion},
+                        "stroke_distortion": stroke_distortion, "bidirectional": bidirectional},
         dataset_run_id=dataset_run_id, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, seed=seed, real_dir=real_dir,
         augment=augment, input_options=options, stroke_moves=stroke_moves,

@@ -377,10 +377,12 @@ def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path):
         ChildProcessRecognizer(str(tmp_path))
 
 
-def test_a_pen_path_lstm_is_served_through_onnx_as_keras_reads_it(tmp_path):
-    """`train_lstm -P encoding=pen_path`'s network, exported like any champion's member: ONNX
-    Runtime gives Keras' probabilities for the same raw samples (write_members checks every class
-    and raises otherwise; here, fresh samples through the pyfunc's own path)."""
+@pytest.mark.parametrize("encoding", ["pen_path", "strokes, bidirectional"])
+def test_an_lstm_is_served_through_onnx_as_keras_reads_it(tmp_path, encoding):
+    """`train_lstm -P encoding=pen_path`'s network and `-P bidirectional=1`'s, exported like any
+    champion's member: ONNX Runtime gives Keras' probabilities for the same raw samples
+    (write_members checks every class and raises otherwise; here, fresh samples through the
+    pyfunc's own path)."""
     import keras
 
     from kana.classes import class_set
@@ -391,10 +393,15 @@ def test_a_pen_path_lstm_is_served_through_onnx_as_keras_reads_it(tmp_path):
     from kana.training import ModelConfig
 
     classes = class_set("basic46")
+    ids = [c.char_id for c in classes]
     keras.utils.set_random_seed(0)
-    net = build_lstm(len(classes), 32, PEN_PATH_FEATURES, units=16, dense_units=16)
-    config = ModelConfig("lstm_path", "pen_path", [c.char_id for c in classes], 120, 4, "basic46",
-                         fit_box=True, max_gap=0.02, pen_path_points=32)
+    if encoding == "pen_path":
+        net = build_lstm(len(classes), 32, PEN_PATH_FEATURES, units=16, dense_units=16)
+        config = ModelConfig("lstm_path", "pen_path", ids, 120, 4, "basic46", fit_box=True, max_gap=0.02,
+                             pen_path_points=32)
+    else:
+        net = build_lstm(len(classes), 120, 4 * 5, units=8, dense_units=16, bidirectional=True)
+        config = ModelConfig("lstm", "strokes", ids, 120, 5, "basic46", fit_box=True, max_gap=0.02)
     net.save(tmp_path / "net.keras")
     (tmp_path / "config.json").write_text(config.to_json())
     assert write_members([(str(tmp_path / "net.keras"), str(tmp_path / "config.json"))],
