@@ -159,7 +159,7 @@ def test_a_large_batchs_networks_run_beside_its_rasters_with_the_same_numbers():
     in that thread reaches the caller."""
     import threading
 
-    from kana.classes import class_set, get_class
+    from kana.classes import class_set
     from kana.serving import OVERLAP_FROM, Recognizer
     from kana.synth import synthesize_sample
     from kana.training import ModelConfig
@@ -208,7 +208,7 @@ def test_a_process_forked_after_a_large_batch_reads_large_batches_too():
     import select
     import signal
 
-    from kana.classes import class_set, get_class
+    from kana.classes import class_set
     from kana.serving import OVERLAP_FROM, Recognizer
     from kana.training import ModelConfig
 
@@ -229,6 +229,7 @@ def test_a_process_forked_after_a_large_batch_reads_large_batches_too():
         finally:
             os._exit(0)
     os.close(write)
+    ready = []
     try:
         ready, _, _ = select.select([read], [], [], 60)
         assert ready, "the forked process never answered"
