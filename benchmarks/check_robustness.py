@@ -23,6 +23,9 @@ by default, all classes the models know), read by the Keras models each training
 - recorded as a pen dictionary does, each stroke its turning points alone: the fewest points
   that stay within 4% of the character's size of its path, or within 8% (about 4 points a stroke
   on average, as in Tomoe's templates);
+- recorded densely as a finger on a touch screen may be, a point every 0.25% of the canvas' width
+  along each stroke, each point off by a jitter of sd 0.5% of the width, or every point on a grid
+  of 200 pixels a side;
 - a stroke count the class's table does not allow, which the models' stroke-count prior weighs
   against (`kana.classes.OFF_BY_ONE_WEIGHT`, as each is one stroke off): two strokes joined into
   one where the table allows no fewer (the closest pair, as a tenth of training's samples are
@@ -145,6 +148,24 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         order = moved_stroke_order(len(s), fixed_tail_strokes(get_class(cid)), rng)
         return None if order is None else [s[m] for m in order]
 
+    jitter_rng = np.random.default_rng(2026)  # its own: the other rows keep their draws
+
+    def recorded_densely(s, jitter: float = 0.0, grid: float = 0.0):
+        """Each stroke re-recorded at a point every 0.005 along its path (0.25% of the canvas'
+        width), each point moved by a normal jitter of sd `jitter`, or rounded to a grid of step
+        `grid`."""
+        out = []
+        for x in s:
+            along = np.r_[0.0, np.cumsum(np.hypot(*np.diff(x, axis=0).T))]
+            at = np.linspace(0.0, along[-1], max(2, int(along[-1] / 0.005) + 1))
+            dense = np.c_[np.interp(at, along, x[:, 0]), np.interp(at, along, x[:, 1])]
+            if jitter:
+                dense = dense + jitter_rng.normal(0, jitter, dense.shape)
+            if grid:
+                dense = np.round(dense / grid) * grid
+            out.append(np.clip(dense, -1, 1))
+        return out
+
     def corners_only(s, tolerance):
         """Each stroke as its turning points alone, within `tolerance` of the character's size."""
         size = float(np.ptp(np.vstack(s), axis=0).max())
@@ -159,6 +180,8 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         "one stroke drawn backwards": lambda s: reversed_stroke(s, int(rng.integers(len(s)))),
         "turning points, 4%": lambda s: corners_only(s, 0.04),
         "turning points, 8%": lambda s: corners_only(s, 0.08),
+        "dense, each point jittered 0.5%": lambda s: recorded_densely(s, jitter=0.01),
+        "dense, on a 200-pixel grid": lambda s: recorded_densely(s, grid=0.01),
     }
     return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
@@ -223,13 +246,13 @@ def main():
     labels = np.array(class_ids)
     print(f"{len(base)} synthetic samples of {len(class_ids)} classes (seed 2024, samples with >= 2 strokes)")
     names = list(members) + (["ensemble"] if len(members) > 1 else [])
-    print(f"{'condition':34s}{'samples':>8s}" + "".join(f"{n:>18s}" for n in names))
+    print(f"{'condition':40s}{'samples':>8s}" + "".join(f"{n:>18s}" for n in names))
 
     def print_row(label: str, samples: list, truth: list[str]) -> None:
         probs = {n: r.probabilities(samples) for n, r in members.items()}
         if len(members) > 1:
             probs["ensemble"] = combine_probabilities(list(probs.values()))
-        print(f"{label:34s}{len(samples):8d}"
+        print(f"{label:40s}{len(samples):8d}"
               + "".join(f"{np.mean(labels[p.argmax(1)] == truth):18.3f}" for p in probs.values()))
 
     max_strokes = min(r.config.max_strokes for r in members.values())

@@ -339,3 +339,19 @@ def test_lstm_training_batches_move_strokes_for_the_share_asked():
     np.testing.assert_array_equal(x, lstm_tensors(move_one_stroke(paths, tails, rng, 1.0), 9, True))
     still, _ = distorted_pen_path_batches(config, samples, labels, 8, seed=3)[0]
     assert not np.array_equal(x, still)
+
+
+def test_balanced_accuracy_is_mean_recall_over_the_classes_a_split_holds_without_a_warning():
+    import warnings
+
+    from kana.evaluation import classification_metrics
+
+    # Classes 0 and 1 only in the truth; class 2 (a class the model reads, absent from the split)
+    # predicted once: recall 1/2 on class 0, 1 on class 1.
+    y_true = np.array([0, 0, 1, 1])
+    y_pred = np.array([0, 2, 1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = classification_metrics(y_true, y_pred, "real")
+    assert metrics["real_balanced_accuracy"] == pytest.approx(0.75)
+    assert metrics["real_accuracy"] == pytest.approx(0.75)
