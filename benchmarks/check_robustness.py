@@ -63,8 +63,9 @@ def placed(strokes, size: float, corner: tuple[int, int]):
 def conditions(rng: np.random.Generator, max_strokes: int = 9):
     """name -> change(strokes, class_id): the sample redrawn, or None where it does not apply."""
     from kana.classes import get_class
-    from kana.synth import (fixed_tail_strokes, glyph_strokes, join_strokes, moved_stroke_order,
-                            resize_voicing_mark, turning_points, voicing_mark_strokes)
+    from kana.synth import (densify, fixed_tail_strokes, glyph_strokes, join_strokes,
+                            moved_stroke_order, resize_voicing_mark, turning_points,
+                            voicing_mark_strokes)
 
     def changed_mark(s, cid, factor):
         """The voicing mark scaled by `factor`, or each of its strokes tapped (factor 0)."""
@@ -156,9 +157,7 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         `grid`."""
         out = []
         for x in s:
-            along = np.r_[0.0, np.cumsum(np.hypot(*np.diff(x, axis=0).T))]
-            at = np.linspace(0.0, along[-1], max(2, int(along[-1] / 0.005) + 1))
-            dense = np.c_[np.interp(at, along, x[:, 0]), np.interp(at, along, x[:, 1])]
+            dense = densify(x, step=0.005)
             if jitter:
                 dense = dense + jitter_rng.normal(0, jitter, dense.shape)
             if grid:

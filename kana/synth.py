@@ -180,7 +180,7 @@ def _arclength(p: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(seg)])
 
 
-def _densify(p: np.ndarray, step: float = 0.01) -> np.ndarray:
+def densify(p: np.ndarray, step: float = 0.01) -> np.ndarray:
     """Resample a polyline at (about) uniform arclength `step`."""
     s = _arclength(p)
     if s[-1] <= 0:
@@ -312,7 +312,7 @@ def join_strokes(strokes: list[np.ndarray], target: int, rng: np.random.Generato
 
 def pen_kept_down(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Two strokes written as one: the pen goes straight from `first`'s end to `second`'s start."""
-    bridge = _densify(np.vstack([first[-1], second[0]]))
+    bridge = densify(np.vstack([first[-1], second[0]]))
     return np.vstack([first, bridge[1:-1], second])
 
 
@@ -451,7 +451,7 @@ def split_at_first_corner(stroke: np.ndarray, rng: np.random.Generator) -> list[
 
     The tick is turned 20-40 degrees clockwise about its start and shortened, as people draw it
     (a short stroke down to the right, not the flat top that leads into the corner)."""
-    dense = _densify(stroke)
+    dense = densify(stroke)
     u = _arclength(dense) / max(_arclength(dense)[-1], 1e-9)
     turn = np.convolve(_turning(dense), np.ones(5), mode="same")
     early = np.flatnonzero((u > 0.03) & (u < 0.3))
@@ -546,7 +546,7 @@ def synthesize_sample(
     if rng.random() < reversed_stroke:
         k = int(rng.integers(len(strokes)))
         strokes[k] = strokes[k][::-1]
-    strokes = [_densify(s) for s in strokes]
+    strokes = [densify(s) for s in strokes]
     size = np.ptp(np.vstack(strokes), axis=0).max()
     messiness = 1.0 if messiness is None else messiness
 
