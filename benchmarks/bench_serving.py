@@ -72,29 +72,38 @@ def log_untrained_champions(tmp: Path) -> dict[str, str]:
     from kana import classes
     from kana.models import build_cnn, build_lstm
     from kana.serving import log_pyfunc
-    from kana.training import RASTER_SHAPE, ModelConfig
+    from kana.classes import OFF_BY_ONE_WEIGHT, WRONG_COUNT_WEIGHT
+    from kana.features import ANTIALIAS, MAX_GAP
+    from kana.training import CNN_DIRECTIONS, RASTER_SHAPE, ModelConfig
 
     ids = [c.char_id for c in classes.class_set("all")]
     ms = classes.max_strokes("all")
+    oriented = RASTER_SHAPE[:2] + (1 + CNN_DIRECTIONS,)
+    # name: network, input kind, config settings as train_* sets them by default
     nets = {
-        "cnn": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "raster"),
-        "lstm": (build_lstm(len(ids), 120, 4 * ms), "strokes"),
-        "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "raster"),
-        "transfer": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "raster"),  # same network as cnn
+        "cnn": (build_cnn(len(ids), oriented, filters=16), "raster",
+                {"raster_antialias": ANTIALIAS, "directions": CNN_DIRECTIONS}),
+        "lstm": (build_lstm(len(ids), 120, 4 * ms), "strokes", {"fit_box": True}),
+        "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "raster", {}),
+        "cnn-raster-only": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "raster",
+                            {"raster_antialias": ANTIALIAS}),  # the transfer CNN's network and input
     }
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'bench.db'}")
     mlflow.set_experiment("bench")
     files = {}
-    for name, (net, kind) in nets.items():
-        config = ModelConfig(name, kind, ids, 120, ms, "all")
+    for name, (net, kind, settings) in nets.items():
+        config = ModelConfig(name, kind, ids, 120, ms, "all", max_gap=MAX_GAP, wrong_count_weight=WRONG_COUNT_WEIGHT,
+                             off_by_one_weight=OFF_BY_ONE_WEIGHT, **settings)
         keras_path, config_path = tmp / f"{name}.keras", tmp / f"{name}.json"
         net.save(keras_path)
         config_path.write_text(config.to_json())
         files[name] = (str(keras_path), str(config_path))
     champions = {
-        "ensemble (cnn+transfer+lstm, the default champion)": [files["cnn"], files["transfer"], files["lstm"]],
+        "ensemble (cnn+transfer+lstm, the default champion)": [files["cnn"], files["cnn-raster-only"],
+                                                               files["lstm"]],
         "lstm": [files["lstm"]],
-        "cnn": [files["cnn"]],
+        "cnn (raster + 4 orientations)": [files["cnn"]],
+        "cnn on the raster alone (-P directions=0; the transfer CNN)": [files["cnn-raster-only"]],
         "cnn-notebook": [files["cnn-notebook"]],
     }
     uris = {}

@@ -5,7 +5,9 @@
   128 units by default (the notebook: no normalisation, Dense 40, both reachable by params): with
   108 classes the notebook's net reached 93% validation accuracy in 8 epochs here, too slow for 2
   CPU cores. `train_cnn`/`train_transfer` use f = 16: a quarter of the compute per sample in
-  serving, where the ensemble with the LSTM reads as well as with f = 32.
+  serving, where the ensemble with the LSTM reads as well as with f = 32. `train_cnn` gives it
+  five channels (the raster and its ink in 4 orientations, `features.render_direction_rasters`),
+  `train_transfer` the raster alone, as its base was trained.
 - `build_transfer`: the convolutional base of a CNN trained on other characters (kanji), a new
   Dense head, and the first `frozen_blocks` convolution blocks frozen.
 - `build_lstm`: LSTM over the (n_points, 4 * max_strokes) stroke tensor (or the (128, 5) pen

@@ -4,7 +4,10 @@ direction features, padding."""
 import numpy as np
 import pytest
 
+from kana.classes import get_class
+
 from kana.features import (
+    MAX_GAP,
     bspline_basis,
     clamped_uniform_knots,
     fill_long_gaps,
@@ -14,6 +17,7 @@ from kana.features import (
     lstm_tensor,
     lstm_tensors,
     pen_path_tensors,
+    render_direction_rasters,
     render_order_raster,
     render_raster,
     render_rasters,
@@ -229,6 +233,67 @@ def test_order_raster_shades_each_stroke_by_its_place_in_the_order():
     reverse = render_order_raster(resampled[::-1])
     assert (reverse[bar_row][bar > 0] == 255).all()
     assert (reverse[:, stem_col][stem > 0] == 128).sum() >= 26
+
+
+def test_direction_rasters_lay_each_strokes_ink_by_the_way_it_runs():
+    # a cross (bar, then stem) and a diagonal rising to the right on the app canvas
+    cross = resample_strokes([np.array([[-0.8, 0.0], [0.8, 0.0]]), np.array([[0.0, 0.8], [0.0, -0.8]])])
+    rising = resample_strokes([np.array([[-0.5, -0.5], [0.5, 0.5]])])
+    maps = render_direction_rasters([cross, rising], 4)
+    assert maps.shape == (2, 32, 32, 4) and maps.dtype == np.float32 and maps.max() <= 1.0
+    ink = maps.sum(axis=(1, 2))
+    # bins: 0 horizontal, 1 falling to the right in the image, 2 vertical, 3 rising in the image;
+    # each line fills the 28-pixel box (27 pixels from end to end), its ink its length
+    np.testing.assert_allclose(ink[0], [27, 0, 27, 0], atol=1e-3)
+    np.testing.assert_allclose(ink[1], [0, 0, 0, 27 * np.sqrt(2)], atol=1e-3)
+    # the ink lies where the raster's does, within a pixel (a line at a half pixel shares its
+    # ink between the two rows, where Pillow draws one of them): the bar's by its row
+    raster = render_raster(cross)
+    bar_row = np.flatnonzero(raster.sum(axis=1) > 255 * 20)[0]
+    assert maps[0, bar_row - 1 : bar_row + 2, :, 0].sum() > 0.99 * 27
+    assert not maps[0, ..., 2].sum(axis=0)[np.r_[:12, 21:32]].any()  # the stem's in the middle
+    # orientation modulo 180 degrees: the strokes drawn in the other order and backwards alike
+    backwards = resample_strokes([np.array([[0.0, -0.8], [0.0, 0.8]]), np.array([[0.8, 0.0], [-0.8, 0.0]])])
+    np.testing.assert_allclose(render_direction_rasters([backwards], 4)[0], maps[0], atol=1e-6)
+    # between two bins, shared: 22.5 degrees half in each of the nearest two; a tap lays no ink
+    slope = np.tan(np.pi / 8)
+    between = resample_strokes([np.array([[-0.5, -0.5 * slope], [0.5, 0.5 * slope]])])
+    half = render_direction_rasters([between], 4)[0].sum(axis=(0, 1))
+    np.testing.assert_allclose(half[[0, 3]], [27 / np.cos(np.pi / 8) / 2] * 2, rtol=1e-3)  # 27 wide
+    assert half[[1, 2]].sum() < 1e-6
+    tap = resample_strokes([np.array([[0.1, 0.1], [0.1, 0.1]])])
+    assert render_direction_rasters([tap], 8).shape == (1, 32, 32, 8)
+    assert not render_direction_rasters([tap], 8).any()
+    assert (render_raster(tap) > 0).sum() == 1  # its spline's rounding (1e-17) not blown up to a line
+    with pytest.raises(ValueError, match="^directions must be one of"):
+        render_direction_rasters([cross], 3)
+
+
+def test_a_batch_of_direction_rasters_is_each_sample_drawn_alone():
+    """Serving draws one sample, training a batch: the same maps (each segment is laid at as many
+    points as it needs, whatever its batch-mates' segments are)."""
+    from kana.synth import synthesize_sample
+
+    rng = np.random.default_rng(2)
+    samples = [synthesize_sample(get_class(c), rng) for c in ("a", "ke", "ke", "ki", "no", "pya")]
+    samples.append([np.array([[-0.9, -0.9], [0.9, 0.9]]), np.array([[0.0, 0.0], [0.01, 0.0]])])
+    resampled = resample_samples(samples, max_gap=0.0)
+    batch = render_direction_rasters(resampled, 4)
+    for k, r in enumerate(resampled):
+        np.testing.assert_array_equal(render_direction_rasters([r], 4)[0], batch[k])
+
+
+def test_a_jittery_recording_lays_its_ink_as_the_path_it_follows():
+    """A finger's recording, a point every 0.25% of the canvas each off by sd 0.5%: segment by
+    segment a bar's ink ran every which way (62% of it horizontal, and 8% more of it); measured
+    along the smoothed path, it lies as the bar's."""
+    from kana.synth import densify
+
+    bar = densify(np.array([[-0.8, 0.0], [0.8, 0.0]]), step=0.005)
+    jittery = bar + np.random.default_rng(0).normal(0, 0.005, bar.shape)
+    ink = render_direction_rasters(resample_samples([[jittery]], max_gap=MAX_GAP), 4)[0].sum(axis=(0, 1))
+    assert ink[0] / ink.sum() > 0.9
+    assert abs(ink.sum() - 27) < 0.5  # the bar's length, not its zigzag's
 
 
 def test_directions_of_straight_strokes_in_image_coordinates():

@@ -140,15 +140,18 @@ def test_each_member_gets_the_input_its_config_asks_for():
         return predict_probs, config
 
     members = [member(0), member(1, stroke_order=True), member(2), member(3, fit_box=False),
-               member(4, fit_box=True), member(5, raster_size=48), member(6, raster_antialias=4)]
+               member(4, fit_box=True), member(5, raster_size=48), member(6, raster_antialias=4),
+               member(7, raster_antialias=4, directions=4)]
     samples = [synthesize_sample(get_class("ke"), np.random.default_rng(1))]
     Recognizer(members).probabilities(samples)
     shapes = [seen[k][1].shape for k in range(len(members))]
     assert shapes == [(1, 32, 32, 1), (1, 32, 32, 2), (1, 32, 32, 1), (1, 120, 20), (1, 120, 20),
-                      (1, 48, 48, 1), (1, 32, 32, 1)]
+                      (1, 48, 48, 1), (1, 32, 32, 1), (1, 32, 32, 5)]
     assert seen[0][1] is seen[2][1]  # shared, not recomputed
     assert len(np.unique(seen[6][1])) > 2 and len(np.unique(seen[0][1])) == 2  # its own, anti-aliased
     np.testing.assert_array_equal(seen[1][1][..., :1], seen[0][1])  # channel 0: the plain raster
+    np.testing.assert_array_equal(seen[7][1][..., :1], seen[6][1])  # then the 4 orientations' ink
+    assert seen[7][1][..., 1:].sum() > 20 and seen[7][1][..., 1:].max() <= 1
     assert not np.array_equal(seen[3][1], seen[4][1])  # fitted to the box or not
 
 

@@ -98,7 +98,7 @@ def test_an_anti_aliased_cnn_gets_its_rasters_drawn_anew_and_older_configs_read_
     import json
 
     from kana.dataset import featurize
-    from kana.features import render_order_raster, render_rasters
+    from kana.features import render_direction_rasters, render_order_raster, render_rasters
     from kana.synth import synthesize_sample
     from kana.training import model_inputs
 
@@ -114,6 +114,9 @@ def test_an_anti_aliased_cnn_gets_its_rasters_drawn_anew_and_older_configs_read_
     for k in (0, 1):  # drawn as a batch (other stroke counts, one image redrawn): as drawn alone
         np.testing.assert_array_equal(both[k, ..., 1], render_order_raster(resampled[k], antialias=4) / np.float32(255))
     assert model_inputs(replace(config, stroke_order=True), [], None).shape == (0, 32, 32, 2)  # an empty split
+    oriented = model_inputs(replace(config, stroke_order=True, directions=8), resampled, rasters)
+    np.testing.assert_array_equal(oriented[..., :2], both)  # the direction channels after the others
+    np.testing.assert_array_equal(oriented[..., 2:], render_direction_rasters(resampled, 8))
     older = json.loads(config.to_json())
     del older["raster_antialias"]
     older = ModelConfig.from_json(json.dumps(older))
@@ -128,6 +131,23 @@ def test_a_drawing_scale_the_cnns_cannot_take_is_refused_before_training(antiali
     for train in (train_cnn, train_transfer):  # no dataset needed: refused first
         with pytest.raises(ValueError, match="^antialias must be 1-8"):
             train(antialias=antialias)
+
+
+@pytest.mark.parametrize("directions", [-4, 2, 6])
+def test_an_orientation_count_the_cnns_cannot_take_is_refused_before_training(directions):
+    from kana.training import train_cnn, train_transfer
+
+    for train in (train_cnn, train_transfer):  # no dataset needed: refused first
+        with pytest.raises(ValueError, match=f"^directions must be one of \\(4, 8\\), got {directions}"):
+            train(directions=directions)
+
+
+def test_orientation_channels_for_a_base_trained_on_images_are_refused_by_name(tmp_path):
+    from kana.training import train_transfer
+
+    with pytest.raises(ValueError, match=f"^directions=4 needs a base trained on KanjiVG's strokes, "
+                                         f"not base_source='{tmp_path}'"):
+        train_transfer(base_source=str(tmp_path), directions=4)
 
 
 @pytest.mark.parametrize("size", [8, 15, 129])
