@@ -301,29 +301,38 @@ def check_directions(n_directions: int) -> None:
 
 def _splat_directions(pixels: np.ndarray, n_directions: int, side: int) -> np.ndarray:
     """`render_direction_rasters` of G samples with the same stroke count, (G, S, P, 2) pixels.
-    Each segment is laid at points every half pixel or closer, as many as it needs, so a sample's
-    maps do not depend on the samples drawn with it."""
-    g, n_points = len(pixels), pixels.shape[2]
+    Each stroke's ink is laid at points spread evenly along its smoothed length, half a pixel
+    apart or closer (not at every resampled point: they lie 0.1 pixel apart in the median), each
+    on the path as drawn; a sample's maps do not depend on the samples drawn with it."""
+    g, n_strokes, n_points = pixels.shape[:3]
+    n_segments = n_points - 1
     # each segment's way and length from the chord over the ORIENTATION_SPAN points either side
-    segment = np.arange(n_points - 1)
+    segment = np.arange(n_segments)
     ahead = np.minimum(segment + 1 + ORIENTATION_SPAN, n_points - 1)
     behind = np.maximum(segment - ORIENTATION_SPAN, 0)
     chord = (pixels[:, :, ahead] - pixels[:, :, behind]).reshape(-1, 2)
-    length = np.hypot(chord[:, 0], chord[:, 1]) / np.tile(ahead - behind, g * pixels.shape[1])
+    length = np.hypot(chord[:, 0], chord[:, 1]) / np.tile(ahead - behind, g * n_strokes)
     bin_pos = (np.arctan2(chord[:, 1], chord[:, 0]) % np.pi) / (np.pi / n_directions)
     lower = np.floor(bin_pos)
     upper_share = bin_pos - lower
     lower = lower.astype(np.int64) % n_directions
-    # where the ink goes: along the segment as drawn, in pieces of at most _SPLAT_STEP
-    start = pixels[:, :, :-1].reshape(-1, 2)
-    delta = np.diff(pixels, axis=2).reshape(-1, 2)
-    pieces = np.maximum(1, np.ceil(np.hypot(delta[:, 0], delta[:, 1]) / _SPLAT_STEP)).astype(np.int64)
-    of = np.repeat(np.arange(len(start)), pieces)  # the segment each point lies on
-    first = np.cumsum(pieces) - pieces
-    t = (np.arange(len(of)) - first[of] + 0.5) / pieces[of]
-    points = start[of] + delta[of] * t[:, None]
-    ink = (length / pieces)[of]
-    sample = of // ((n_points - 1) * pixels.shape[1])
+    # where the ink goes: points at equal steps of each stroke's smoothed length
+    ends = np.cumsum(length.reshape(-1, n_segments), axis=1)  # (G * S, P - 1)
+    total = ends[:, -1]
+    count = np.maximum(1, np.ceil(total / _SPLAT_STEP)).astype(np.int64)
+    stroke = np.repeat(np.arange(len(total)), count)
+    at = (np.arange(len(stroke)) - (np.cumsum(count) - count)[stroke] + 0.5) / count[stroke] * total[stroke]
+    apart = total.max(initial=0.0) + 1.0  # strokes laid end to end, apart, for one sorted search
+    seg = np.searchsorted((ends + apart * np.arange(len(total))[:, None]).ravel(), at + apart * stroke,
+                          side="right")
+    seg = np.minimum(seg, stroke * n_segments + n_segments - 1)
+    seg_length = length[seg]
+    within = np.divide(at - (ends.ravel()[seg] - seg_length), seg_length,
+                       out=np.full_like(at, 0.5), where=seg_length > 0)
+    start = pixels[:, :, :-1].reshape(-1, 2)[seg]
+    points = start + np.diff(pixels, axis=2).reshape(-1, 2)[seg] * within[:, None]
+    ink = (total / count)[stroke]
+    sample = stroke // n_strokes
     x0, y0 = np.floor(points[:, 0]), np.floor(points[:, 1])
     fx, fy = points[:, 0] - x0, points[:, 1] - y0
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
@@ -331,9 +340,9 @@ def _splat_directions(pixels: np.ndarray, n_directions: int, side: int) -> np.nd
     for dx, dy, corner in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
                            (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
         pixel = (sample * side + np.clip(y0 + dy, 0, side - 1)) * side + np.clip(x0 + dx, 0, side - 1)
-        for b, share in ((lower, 1 - upper_share), ((lower + 1) % n_directions, upper_share)):
-            flat_index.append(pixel * n_directions + b[of])
-            flat_ink.append(ink * corner * share[of])
+        for b, share in ((lower[seg], 1 - upper_share[seg]), ((lower[seg] + 1) % n_directions, upper_share[seg])):
+            flat_index.append(pixel * n_directions + b)
+            flat_ink.append(ink * corner * share)
     maps = np.bincount(np.concatenate(flat_index), np.concatenate(flat_ink),
                        minlength=g * side * side * n_directions)
     return np.minimum(maps, 1.0).astype(np.float32).reshape(g, side, side, n_directions)

@@ -216,6 +216,7 @@ class Recognizer:
 
         resampled: dict[tuple, list] = {}
         inputs: dict[tuple, np.ndarray] = {}
+        drawn: dict[tuple, dict] = {}  # raster channels, shared by members that take the same
         overlap = len(self.members) > 1 and len(parsed) >= OVERLAP_FROM
         net_probs: dict[int, Any] = {}
         for k in sorted(range(len(self.members)), key=lambda k: self.members[k][1].input_kind == "raster"):
@@ -223,7 +224,8 @@ class Recognizer:
             if config.resampling not in resampled:
                 resampled[config.resampling] = resample_samples(parsed, *config.resampling)
             if config.input_key not in inputs:
-                inputs[config.input_key] = model_inputs(config, resampled[config.resampling])
+                inputs[config.input_key] = model_inputs(config, resampled[config.resampling],
+                                                        drawn=drawn.setdefault(config.resampling, {}))
             x = inputs[config.input_key]
             net_probs[k] = self.network_thread().submit(predict_probs, x) if overlap else predict_probs(x)
         stroke_counts = [len(strokes) for strokes in parsed]

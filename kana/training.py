@@ -105,19 +105,31 @@ class ModelConfig:
         return cls(**json.loads(text))
 
 
-def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.ndarray | None = None):
+def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.ndarray | None = None,
+                 drawn: dict | None = None):
     """The model's input batch from resampled strokes. `rasters`, when given, are a dataset's (the
-    notebook's: 32 pixels, not anti-aliased), used as they are by a model that takes those."""
+    notebook's: 32 pixels, not anti-aliased), used as they are by a model that takes those.
+    `drawn`: channels already drawn of these samples, by what decides them, shared by the calls
+    given the same dict (serving's members: the transfer CNN's raster is the CNN's first channel)."""
     if config.input_kind == "raster":
+        drawn = {} if drawn is None else drawn
         inner = config.raster_size - 2 * features.RASTER_PAD  # the character's box, in pixels
         aa = config.raster_antialias
+
+        def channel(kind, draw):
+            if (kind, inner, aa) not in drawn:
+                drawn[kind, inner, aa] = draw()
+            return drawn[kind, inner, aa]
+
         if rasters is None or rasters.shape[1:] != (config.raster_size,) * 2 or aa != 1:
-            rasters = features.render_rasters(resampled, inner, antialias=aa)
+            rasters = channel("raster", lambda: features.render_rasters(resampled, inner, antialias=aa))
         channels = [raster_batch_to_input(rasters)]
         if config.stroke_order:
-            channels.append(raster_batch_to_input(features.render_order_rasters(resampled, inner, antialias=aa)))
+            channels.append(raster_batch_to_input(channel(
+                "order", lambda: features.render_order_rasters(resampled, inner, antialias=aa))))
         if config.directions:
-            channels.append(features.render_direction_rasters(resampled, config.directions, inner))
+            channels.append(channel(f"directions {config.directions}",
+                                    lambda: features.render_direction_rasters(resampled, config.directions, inner)))
         return channels[0] if len(channels) == 1 else np.concatenate(channels, axis=-1)
     if not resampled:  # an empty split
         return np.zeros((0, *config.input_shape), dtype=np.float32)

@@ -119,9 +119,10 @@ def test_a_failing_batch_fails_its_callers_and_the_next_call_runs():
     assert batched([9]).tolist() == [9]
 
 
-def test_each_member_gets_the_input_its_config_asks_for():
+def test_each_member_gets_the_input_its_config_asks_for(monkeypatch):
     """Members with different input settings each get their own input; members with the same
-    settings share one."""
+    settings share one, and members whose inputs share a channel share its drawing."""
+    from kana import features
     from kana.classes import class_set, get_class
     from kana.serving import Recognizer
     from kana.synth import synthesize_sample
@@ -143,7 +144,11 @@ def test_each_member_gets_the_input_its_config_asks_for():
                member(4, fit_box=True), member(5, raster_size=48), member(6, raster_antialias=4),
                member(7, raster_antialias=4, directions=4)]
     samples = [synthesize_sample(get_class("ke"), np.random.default_rng(1))]
+    drawings = []
+    render_rasters = features.render_rasters
+    monkeypatch.setattr(features, "render_rasters", lambda *a, **kw: drawings.append(kw) or render_rasters(*a, **kw))
     Recognizer(members).probabilities(samples)
+    assert sorted(kw["antialias"] for kw in drawings) == [1, 1, 4]  # 32 px and 48 px plain, 32 px once smooth
     shapes = [seen[k][1].shape for k in range(len(members))]
     assert shapes == [(1, 32, 32, 1), (1, 32, 32, 2), (1, 32, 32, 1), (1, 120, 20), (1, 120, 20),
                       (1, 48, 48, 1), (1, 32, 32, 1), (1, 32, 32, 5)]
