@@ -563,12 +563,16 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
         "seed": seed, "antialias": antialias, **({"directions": directions} if directions else {}),
     }
     uri = base_model_uri or find_kanji_base(base_settings)
+    given_base = mlflow.keras.load_model(base_model_uri) if base_model_uri else None
+    if given_base is not None and given_base.input_shape[-1] != 1 + directions:  # before any run starts
+        raise ValueError(f"base_model_uri {base_model_uri} takes {given_base.input_shape[-1]} input "
+                         f"channels; directions={directions} needs {1 + directions}")
 
     def build(config, ds):
         nonlocal uri
         if not uri:
             uri = train_kanji_base(**base_settings)
-        base = mlflow.keras.load_model(uri)
+        base = given_base if given_base is not None else mlflow.keras.load_model(uri)
         return build_transfer(base, len(config.class_ids), frozen_blocks, dense_units)
 
     return train_family(

@@ -150,6 +150,23 @@ def test_orientation_channels_for_a_base_trained_on_images_are_refused_by_name(t
         train_transfer(base_source=str(tmp_path), directions=4)
 
 
+def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_path, monkeypatch):
+    import mlflow
+
+    from kana.models import build_cnn
+    from kana.training import train_transfer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.MlflowClient().create_experiment("bases", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):  # a base of the raster alone, as train_transfer's default
+        info = mlflow.keras.log_model(build_cnn(5, (32, 32, 1), filters=4), name="base")
+    with pytest.raises(ValueError, match=f"^base_model_uri {info.model_uri} takes 1 input channels; "
+                                         "directions=4 needs 5"):
+        train_transfer(base_model_uri=info.model_uri, directions=4)
+
+
 @pytest.mark.parametrize("size", [8, 15, 129])
 def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
     from kana.training import train_cnn
