@@ -260,7 +260,7 @@ def render_order_rasters(resampled: list[np.ndarray], size: int = RASTER_SIZE, p
 
 
 DIRECTION_CHANNELS = (4, 8)  # the orientation bins a direction raster may have
-_SPLAT_STEP = 0.5  # pixels between the points a segment's ink is laid at
+_SPLAT_STEP = 0.5  # most pixels of a stroke's smoothed length between the points its ink is laid at
 # A segment's orientation and length are its chord's over 3 points either side: a finger's jitter
 # (sd 0.5% of the canvas at a point every 0.25%) turned 16% of the ink to other orientations
 # segment by segment, and the CNN read 31% of such samples (98.6% this way, 100% as drawn).
