@@ -69,31 +69,32 @@ def log_untrained_champions(tmp: Path) -> dict[str, str]:
     """Each family's network, untrained, logged as a registered pyfunc like a real champion."""
     import mlflow
 
+    from dataclasses import replace
+
     from kana import classes
+    from kana.features import ANTIALIAS, MAX_GAP, N_POINTS
     from kana.models import build_cnn, build_lstm
     from kana.serving import log_pyfunc
-    from kana.classes import OFF_BY_ONE_WEIGHT, WRONG_COUNT_WEIGHT
-    from kana.features import ANTIALIAS, MAX_GAP
     from kana.training import CNN_DIRECTIONS, RASTER_SHAPE, ModelConfig
 
     ids = [c.char_id for c in classes.class_set("all")]
     ms = classes.max_strokes("all")
+    meta = {"class_ids": ids, "n_points": N_POINTS, "max_gap": MAX_GAP, "max_strokes": ms, "class_set": "all"}
     oriented = RASTER_SHAPE[:2] + (1 + CNN_DIRECTIONS,)
-    # name: network, input kind, config settings as train_* sets them by default
+    # name: network, its family, and the input settings train_* gives that family by default
     nets = {
-        "cnn": (build_cnn(len(ids), oriented, filters=16), "raster",
+        "cnn": (build_cnn(len(ids), oriented, filters=16), "cnn",
                 {"raster_antialias": ANTIALIAS, "directions": CNN_DIRECTIONS}),
-        "lstm": (build_lstm(len(ids), 120, 4 * ms), "strokes", {"fit_box": True}),
-        "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "raster", {}),
-        "cnn-raster-only": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "raster",
+        "lstm": (build_lstm(len(ids), N_POINTS, 4 * ms), "lstm", {"fit_box": True}),
+        "cnn-notebook": (build_cnn(len(ids), RASTER_SHAPE, 40, batch_norm=False), "cnn", {}),
+        "cnn-raster-only": (build_cnn(len(ids), RASTER_SHAPE, filters=16), "transfer",
                             {"raster_antialias": ANTIALIAS}),  # the transfer CNN's network and input
     }
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'bench.db'}")
     mlflow.set_experiment("bench")
     files = {}
-    for name, (net, kind, settings) in nets.items():
-        config = ModelConfig(name, kind, ids, 120, ms, "all", max_gap=MAX_GAP, wrong_count_weight=WRONG_COUNT_WEIGHT,
-                             off_by_one_weight=OFF_BY_ONE_WEIGHT, **settings)
+    for name, (net, family, settings) in nets.items():
+        config = replace(ModelConfig.for_dataset(family, meta), family=name, **settings)
         keras_path, config_path = tmp / f"{name}.keras", tmp / f"{name}.json"
         net.save(keras_path)
         config_path.write_text(config.to_json())

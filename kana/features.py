@@ -261,9 +261,9 @@ def render_order_rasters(resampled: list[np.ndarray], size: int = RASTER_SIZE, p
 
 DIRECTION_CHANNELS = (4, 8)  # the orientation bins a direction raster may have
 _SPLAT_STEP = 0.5  # most pixels of a stroke's smoothed length between the points its ink is laid at
-# A segment's orientation and length are its chord's over 3 points either side: a finger's jitter
-# (sd 0.5% of the canvas at a point every 0.25%) turned 16% of the ink to other orientations
-# segment by segment, and the CNN read 31% of such samples (98.6% this way, 100% as drawn).
+# A segment's orientation and length are its chord's over 3 points either side: taken segment by
+# segment, a finger's jitter (sd 0.5% of the canvas at a point every 0.25%) scattered a quarter of
+# the ink and the CNN read 31% of such samples (98.6% this way; docs/experiments.md).
 ORIENTATION_SPAN = 3
 _SPLAT_CHUNK = 1024  # samples drawn at once (bounds the memory of a large batch)
 
@@ -333,6 +333,7 @@ def _splat_directions(pixels: np.ndarray, n_directions: int, side: int) -> np.nd
     points = start + np.diff(pixels, axis=2).reshape(-1, 2)[seg] * within[:, None]
     ink = (total / count)[stroke]
     sample = stroke // n_strokes
+    bins = ((lower[seg], 1 - upper_share[seg]), ((lower[seg] + 1) % n_directions, upper_share[seg]))
     x0, y0 = np.floor(points[:, 0]), np.floor(points[:, 1])
     fx, fy = points[:, 0] - x0, points[:, 1] - y0
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
@@ -340,7 +341,7 @@ def _splat_directions(pixels: np.ndarray, n_directions: int, side: int) -> np.nd
     for dx, dy, corner in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
                            (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
         pixel = (sample * side + np.clip(y0 + dy, 0, side - 1)) * side + np.clip(x0 + dx, 0, side - 1)
-        for b, share in ((lower[seg], 1 - upper_share[seg]), ((lower[seg] + 1) % n_directions, upper_share[seg])):
+        for b, share in bins:
             flat_index.append(pixel * n_directions + b)
             flat_ink.append(ink * corner * share)
     maps = np.bincount(np.concatenate(flat_index), np.concatenate(flat_ink),
