@@ -10,12 +10,15 @@ Prints:
 - whole preprocessing (load + validate + resample + raster; LSTM tensors are built from the stored
   resampled points at training time and are timed separately, a whole split at once and, as a
   baseline, one sample at a time), in samples/s, from raw app pickles on disk, with 1 worker and
-  with every core.
+  with every core; and the default CNN's inputs (the anti-aliased raster and the orientation
+  maps, drawn from the stored resampled points at training time and for every served sample),
+  a whole split at once and one sample at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kana.classes import class_set  # noqa: E402
 from kana.dataset import CHUNK_SAMPLES, build_dataset  # noqa: E402
 from kana.features import (  # noqa: E402
+    ANTIALIAS,
     MAX_GAP,
     fill_long_gaps,
     lstm_tensor,
@@ -38,7 +42,7 @@ from kana.features import (  # noqa: E402
 )
 from kana.strokes import save_app_pickle  # noqa: E402
 from kana.synth import synthesize_dataset  # noqa: E402
-from kana.training import ModelConfig, dataset_inputs  # noqa: E402
+from kana.training import CNN_DIRECTIONS, ModelConfig, dataset_inputs, model_inputs  # noqa: E402
 
 
 def best_of(fn, repeats=3):
@@ -109,6 +113,13 @@ def main():
                      repeats=2)
         print(f"LSTM tensors         : {len(idx) / t:12,.0f} samples/s (built at training time and in "
               f"serving's batches; one sample at a time: {len(idx) / t1:,.0f}/s)")
+        cnn = dataclasses.replace(ModelConfig.for_dataset("cnn", ds.meta), raster_antialias=ANTIALIAS,
+                                  directions=CNN_DIRECTIONS)
+        t = best_of(lambda: dataset_inputs(cnn, ds, idx), repeats=2)
+        t1 = best_of(lambda: [model_inputs(cnn, [r]) for r in resampled], repeats=2)
+        print(f"CNN inputs           : {len(idx) / t:12,.0f} samples/s (train_cnn's: the raster drawn "
+              f"{ANTIALIAS}x and its ink in {CNN_DIRECTIONS} orientations; one sample at a time, as "
+              f"serving draws one: {len(idx) / t1:,.0f}/s)")
         t = best_of(lambda: synthesize_dataset(classes[:20], 20, seed=1), repeats=1)
         print(f"synthesis (1 core)   : {400 / t:12,.0f} samples/s")
 
