@@ -25,7 +25,8 @@ by default, all classes the models know), read by the Keras models each training
   on average, as in Tomoe's templates);
 - recorded densely as a finger on a touch screen may be, a point every 0.25% of the canvas' width
   along each stroke, each point off by a jitter of sd 0.5% of the width, or every point on a grid
-  of 200 pixels a side;
+  of 200 pixels a side, or with its corners rounded as a quick hand rounds them (each stroke
+  smoothed along its length, sd 4% of the character's size);
 - a stroke count the class's table does not allow, which the models' stroke-count prior weighs
   against (`kana.classes.OFF_BY_ONE_WEIGHT`, as each is one stroke off): two strokes joined into
   one where the table allows no fewer (the closest pair, as a tenth of training's samples are
@@ -165,6 +166,25 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
             out.append(np.clip(dense, -1, 1))
         return out
 
+    def corners_rounded(s, sd):
+        """Each stroke as a quick hand draws it, its corners rounded: recorded densely (a point
+        every 0.005) and smoothed along its length by a Gaussian of sd `sd` of the character's
+        size, its ends held where they were."""
+        size = float(np.ptp(np.vstack(s), axis=0).max())
+        out = []
+        for x in s:
+            dense = densify(np.asarray(x, dtype=float), step=0.005)
+            sd_points = sd * size / 0.005
+            reach = int(np.ceil(3 * sd_points))
+            if len(dense) < 3 or reach < 1:
+                out.append(dense)
+                continue
+            kernel = np.exp(-0.5 * (np.arange(-reach, reach + 1) / sd_points) ** 2)
+            held = np.vstack([np.repeat(dense[:1], reach, 0), dense, np.repeat(dense[-1:], reach, 0)])
+            out.append(np.column_stack([np.convolve(held[:, k], kernel / kernel.sum(), mode="valid")
+                                        for k in (0, 1)]))
+        return out
+
     def corners_only(s, tolerance):
         """Each stroke as its turning points alone, within `tolerance` of the character's size."""
         size = float(np.ptp(np.vstack(s), axis=0).max())
@@ -181,6 +201,7 @@ def conditions(rng: np.random.Generator, max_strokes: int = 9):
         "turning points, 8%": lambda s: corners_only(s, 0.08),
         "dense, each point jittered 0.5%": lambda s: recorded_densely(s, jitter=0.01),
         "dense, on a 200-pixel grid": lambda s: recorded_densely(s, grid=0.01),
+        "dense, corners rounded (sd 4%)": lambda s: corners_rounded(s, 0.04),
     }
     return {**{name: (lambda s, cid, f=f: f(s)) for name, f in everywhere.items()},
             "voicing mark 1/3 its size": lambda s, cid: changed_mark(s, cid, 1 / 3),
