@@ -203,8 +203,8 @@ def max_strokes(name: str) -> int:
 # With the weight at 0.1, on two sets of models, the CNNs' test errors fell from 115-129 and
 # 189-191 to 11-12 and 14-19 of 5,184 (the ensemble's from 6-7 to 1-2). A class that a model finds
 # more than 10x likelier than every class with the right count still wins; a smaller weight read
-# more of the rest but fewer of those (README, "What to expect"). Since the eighteenth session it
-# weighs counts two or more strokes off the table; one off, OFF_BY_ONE_WEIGHT.
+# more of the rest but fewer of those (docs/experiments.md, "The stroke-count prior"). Since the
+# eighteenth session it weighs counts two or more strokes off the table; one off, OFF_BY_ONE_WEIGHT.
 WRONG_COUNT_WEIGHT = 0.1
 # A count one stroke off a class's table (two strokes joined, one lifted midway, a stray dot: what
 # writers do) weighs this much instead. Chosen on validation from the logged probabilities of three

@@ -133,7 +133,8 @@ def distort_each_stroke(resampled: list[np.ndarray], rng: np.random.Generator,
 
     The synthesizer already places each stroke a little off, but once per sample; here every
     epoch draws anew, so the LSTM does not learn one sample's stroke layout. Over three seeds it
-    read 3, 4 and 0 more of Tomoe's 47 real templates (the README's "What to expect")."""
+    read 3, 4 and 0 more of Tomoe's 47 real templates (docs/experiments.md, "Each stroke moved on
+    its own in the LSTM's training")."""
     flat, counts, n_points, starts, _ = _flat_points(resampled)
     lo, hi = sample_boxes(flat.T.copy(), starts)
     size = np.repeat(np.maximum((hi - lo).max(axis=0), 1e-6), counts)[:, None, None]

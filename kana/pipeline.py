@@ -76,7 +76,7 @@ def main(
 ) -> list[dict]:
     """Run the whole pipeline and print a table of the families and the champion.
     `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
-    slower; see the README's "What to expect")."""
+    slower; see docs/experiments.md, "Rasters of 48 pixels")."""
     from kana.training import check_raster_size
 
     check_raster_size(cnn_raster_size, "cnn_raster_size")  # before any step runs

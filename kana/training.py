@@ -451,8 +451,8 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     `stroke_order` adds a second input channel with the strokes drawn in order of intensity.
     `raster_size`: the rasters' side in pixels (the notebook's 32, padding included); other sizes
     are drawn from the dataset's resampled strokes (48: small voicing marks get pixels of their
-    own; see the README's "What to expect"). `antialias`: rasters drawn that many times larger and
-    box-filtered down (`features.render_rasters`; 1 draws the notebook's, pixels on or off).
+    own; see docs/experiments.md, "Rasters of 48 pixels"). `antialias`: rasters drawn that many
+    times larger and box-filtered down (`features.render_rasters`; 1 draws the notebook's, pixels on or off).
     `directions` (4 or 8): that many input channels more, the ink split by the orientation it runs
     in (`features.render_direction_rasters`; the CNN made half the errors with 4); 0: none."""
     from kana.models import build_cnn
@@ -495,7 +495,8 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     `features.lstm_tensors`; family `lstm`), or "pen_path", the whole path as one sequence of
     `pen_path_points` points with a pen-down flag (`features.pen_path_tensors`; family
     `lstm_path`, a family of its own: `register` then ensembles it with the others' best runs).
-    `main` trains the notebook's: see the README for what the pen path did and did not gain.
+    `main` trains the notebook's: see docs/experiments.md, "The LSTM over the pen path as one
+    sequence", for what the pen path did and did not gain.
     `stroke_moves`: with `augment`, the share of training samples, each epoch, with one stroke of
     the kana moved elsewhere in its order (`models.move_one_stroke`). `bidirectional`: a second
     LSTM of `units` reads the sequence backwards (`units` 64 costs about what one LSTM of 128 does)."""
