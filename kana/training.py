@@ -116,19 +116,20 @@ def model_inputs(config: ModelConfig, resampled: list[np.ndarray], rasters: np.n
         inner = config.raster_size - 2 * features.RASTER_PAD  # the character's box, in pixels
         aa = config.raster_antialias
 
-        def channel(kind, draw):
-            if (kind, inner, aa) not in drawn:
-                drawn[kind, inner, aa] = draw()
-            return drawn[kind, inner, aa]
+        def channel(key, draw):
+            if key not in drawn:
+                drawn[key] = draw()
+            return drawn[key]
 
         if rasters is None or rasters.shape[1:] != (config.raster_size,) * 2 or aa != 1:
-            rasters = channel("raster", lambda: features.render_rasters(resampled, inner, antialias=aa))
+            rasters = channel(("raster", inner, aa),
+                              lambda: features.render_rasters(resampled, inner, antialias=aa))
         channels = [raster_batch_to_input(rasters)]
         if config.stroke_order:
             channels.append(raster_batch_to_input(channel(
-                "order", lambda: features.render_order_rasters(resampled, inner, antialias=aa))))
-        if config.directions:
-            channels.append(channel(f"directions {config.directions}",
+                ("order", inner, aa), lambda: features.render_order_rasters(resampled, inner, antialias=aa))))
+        if config.directions:  # drawn without anti-aliasing: the setting does not change them
+            channels.append(channel(("directions", inner, config.directions),
                                     lambda: features.render_direction_rasters(resampled, config.directions, inner)))
         return channels[0] if len(channels) == 1 else np.concatenate(channels, axis=-1)
     if not resampled:  # an empty split
