@@ -1,0 +1,74 @@
+"""The README and docs/ link to files and sections that exist, so a renamed section breaks a test,
+not a reader's click."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation and symbols dropped, spaces as
+    hyphens (github-slugger's rule for the text these docs use)."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def anchors(markdown: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", markdown.read_text(encoding="utf-8"), flags=re.M | re.S)
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6} (.+?)\s*$", text, flags=re.M):
+        anchor, n = github_anchor(heading), 1
+        while anchor in found:  # GitHub numbers repeated headings
+            anchor, n = f"{github_anchor(heading)}-{n}", n + 1
+        found.add(anchor)
+    return found
+
+
+def test_the_anchor_rule_matches_githubs_on_known_headings():
+    assert github_anchor("A count one stroke off the table weighs 0.3") == (
+        "a-count-one-stroke-off-the-table-weighs-03")
+    assert github_anchor("A ゛ written in one stroke") == "a--written-in-one-stroke"
+    assert github_anchor("Each stroke moved on its own in the LSTM's training") == (
+        "each-stroke-moved-on-its-own-in-the-lstms-training")
+    assert github_anchor("Serving: requests sent to the models' child") == (
+        "serving-requests-sent-to-the-models-child")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_local_link_reaches_a_file_and_its_section(doc):
+    broken = []
+    for target in LINK.findall(doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (doc.parent / path).resolve() if path else doc
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+        elif anchor and anchor not in anchors(linked):
+            broken.append(f"{target}: no section with that anchor in {linked.name}")
+    assert not broken, f"{doc.name}: " + "; ".join(broken)
+
+
+def test_experiments_contents_lists_every_section():
+    doc = ROOT / "docs" / "experiments.md"
+    text = doc.read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| \[[^\]]+\]\(#([^)]+)\)", text, flags=re.M))
+    sections = {github_anchor(h) for h in re.findall(r"^## (.+?)\s*$", text, flags=re.M)}
+    assert listed == sections - {"contents"}
+
+
+def test_sections_the_code_names_exist():
+    """Docstrings and comments point to docs/experiments.md's sections by title."""
+    doc = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^## (.+?)\s*$", doc, flags=re.M))
+    named = []
+    for source in sorted(p for folder in ("kana", "benchmarks", "entrypoints") for p in (ROOT / folder).glob("*.py")):
+        # comments and docstrings joined into one line, so a title may wrap
+        text = re.sub(r"\s*\n\s*(#\s*)?", " ", source.read_text(encoding="utf-8"))
+        named += [(source.name, title) for title in re.findall(r'docs/experiments\.md, "([^"]+)"', text)]
+    assert named, "the code names no section: the pattern above no longer matches how it does"
+    assert [(name, title) for name, title in named if title not in sections] == []
