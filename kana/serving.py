@@ -50,11 +50,8 @@ MEMBERS_FILE = "members.json"
 
 
 class KanaClassifier(mlflow.pyfunc.PythonModel):
-    def __getstate__(self):
-        # Nothing to pickle: load_context rebuilds the recognizer (an ONNX Runtime session, which
-        # cannot be pickled) from the artifacts. MLflow pickles the instance after trying it on
-        # the input example.
-        return {}
+    """Logged as code (`kana/pyfunc_from_code.py`), not pickled: `load_context` builds the
+    recognizer from the members' artifacts."""
 
     def load_context(self, context):
         folder = context.artifacts["members"]
@@ -633,7 +630,7 @@ def log_pyfunc(members: list[tuple[str, str]], registered_model_name: str | None
         mlflow.log_metric("onnx_max_abs_diff", diff)
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=KanaClassifier(),
+            python_model=str(_kana_code_dir() / "pyfunc_from_code.py"),
             artifacts={"members": str(folder)},
             code_paths=[str(_kana_code_dir())],
             input_example=example,

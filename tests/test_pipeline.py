@@ -183,6 +183,17 @@ def test_champion_pyfunc_reads_raw_samples_in_every_shape(pipeline):
     assert pd.DataFrame(out).shape == (len(samples), 6)  # and a table for whoever wants one
 
 
+def test_champion_loads_where_pickled_models_are_refused(pipeline, monkeypatch):
+    """The pyfunc is logged as code, so a site that refuses pickles still serves it."""
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    uri = f"models:/{MODEL_NAME}@champion"
+    files = set(os.listdir(mlflow.artifacts.download_artifacts(uri)))
+    assert "pyfunc_from_code.py" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
+    samples = _real_samples(pipeline, 3)
+    out = mlflow.pyfunc.load_model(uri).predict([[s.tolist() for s in x.strokes] for x in samples])
+    assert len(out) == 3 and all(r["char_id"] for r in out)
+
+
 def test_pyfunc_gives_the_trained_models_predictions(pipeline):
     """Serving runs the same preprocessing as training and the same networks (ONNX exports of the
     Keras models): the same probabilities as the Keras models, combined the same way."""
