@@ -559,11 +559,8 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
         if base_source != "kanjivg":
             raise ValueError(f"directions={directions} needs a base trained on KanjiVG's strokes, "
                              f"not base_source={base_source!r} (images)")
-    base_settings = {
-        "base_source": base_source, "kanji_classes": kanji_classes,
-        "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters,
-        "seed": seed, "antialias": antialias, **({"directions": directions} if directions else {}),
-    }
+    base_settings = kanji_base_settings(base_source, kanji_classes, kanji_per_class, base_epochs,
+                                        filters, seed, antialias, directions)
     uri = base_model_uri or find_kanji_base(base_settings)
     given_base = mlflow.keras.load_model(base_model_uri) if base_model_uri else None
     if given_base is not None and given_base.input_shape[-1] != 1 + directions:  # before any run starts
@@ -588,6 +585,15 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
         augment=augment, extra_tags={"kana.base_model_uri": base_model_uri or "kana-kanji-base"},
         input_options={"raster_antialias": antialias, "directions": directions},
     )
+
+
+def kanji_base_settings(base_source: str, kanji_classes: int, kanji_per_class: int, base_epochs: int,
+                        filters: int, seed: int, antialias: int, directions: int) -> dict:
+    """What makes a kanji base: its run's params and the version tags a reuse must match.
+    `directions` only when set, so the bases made before it existed are still found."""
+    return {"base_source": base_source, "kanji_classes": kanji_classes,
+            "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters,
+            "seed": seed, "antialias": antialias, **({"directions": directions} if directions else {})}
 
 
 def _base_tags(settings: dict) -> dict[str, str]:
@@ -670,9 +676,8 @@ def train_kanji_base(base_source: str, kanji_classes: int, kanji_per_class: int,
 
     from kana.models import build_cnn
 
-    settings = {"base_source": base_source, "kanji_classes": kanji_classes,
-                "kanji_per_class": kanji_per_class, "base_epochs": base_epochs, "filters": filters,
-                "seed": seed, "antialias": antialias, **({"directions": directions} if directions else {})}
+    settings = kanji_base_settings(base_source, kanji_classes, kanji_per_class, base_epochs, filters,
+                                   seed, antialias, directions)
     with mlflow.start_run(run_name="kanji-base", nested=True):
         mlflow.set_tags({"kana.entry_point": "kanji_base", **_base_tags(settings)})
         log_params(settings)

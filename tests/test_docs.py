@@ -17,6 +17,11 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
+def section_titles(markdown_text: str) -> list[str]:
+    """The `##` headings: docs/experiments.md's sections."""
+    return re.findall(r"^## (.+?)\s*$", markdown_text, flags=re.M)
+
+
 def anchors(markdown: Path) -> set[str]:
     text = re.sub(r"^```.*?^```", "", markdown.read_text(encoding="utf-8"), flags=re.M | re.S)
     found: set[str] = set()
@@ -57,14 +62,13 @@ def test_experiments_contents_lists_every_section():
     doc = ROOT / "docs" / "experiments.md"
     text = doc.read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| \[[^\]]+\]\(#([^)]+)\)", text, flags=re.M))
-    sections = {github_anchor(h) for h in re.findall(r"^## (.+?)\s*$", text, flags=re.M)}
+    sections = {github_anchor(title) for title in section_titles(text)}
     assert listed == sections - {"contents"}
 
 
 def test_sections_the_code_names_exist():
     """Docstrings and comments point to docs/experiments.md's sections by title."""
-    doc = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")
-    sections = set(re.findall(r"^## (.+?)\s*$", doc, flags=re.M))
+    sections = set(section_titles((ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")))
     named = []
     for source in sorted(p for folder in ("kana", "benchmarks", "entrypoints") for p in (ROOT / folder).glob("*.py")):
         # comments and docstrings joined into one line, so a title may wrap
