@@ -455,9 +455,7 @@ def _sample_grid(ds: ProcessedDataset, per_source: int = 24):
 
 def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
     """The processed dataset of a preprocess run (default: the latest FINISHED one)."""
-    import mlflow
-
-    from kana.tracking import latest_finished_run
+    from kana.tracking import latest_finished_run, run_artifact
 
     if not run_id:
         run = latest_finished_run("preprocess")
@@ -466,5 +464,5 @@ def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
                 "no FINISHED preprocess run found: run `mlflow run . -e preprocess --env-manager local` first"
             )
         run_id = run.info.run_id
-    folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="dataset")
-    return read_dataset(Path(folder)), run_id
+    with run_artifact(run_id, "dataset") as folder:
+        return read_dataset(folder), run_id

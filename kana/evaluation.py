@@ -26,7 +26,7 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from kana import plots  # noqa: E402
-from kana.tracking import log_figure_png  # noqa: E402
+from kana.tracking import log_figure_png, run_artifact  # noqa: E402
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -135,10 +135,7 @@ def log_probabilities(prefix: str, y_true: np.ndarray, probs: np.ndarray) -> Non
 def load_probabilities(run_id: str, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(y_true, probs) a training run logged for a split, or None if it logged none."""
     try:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"evaluation/{prefix}_probabilities.npz"
-        )
-    except Exception:
+        with run_artifact(run_id, f"evaluation/{prefix}_probabilities.npz") as path, np.load(path) as z:
+            return z["y_true"], z["probs"]
+    except FileNotFoundError:
         return None
-    with np.load(path) as z:
-        return z["y_true"], z["probs"]

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -128,6 +129,27 @@ def git_commit() -> str | None:
         return out.stdout.strip()
     except Exception:
         return None
+
+
+@contextmanager
+def run_artifact(run_id: str, artifact_path: str):
+    """A run's artifact (file or folder) as a local path, for the length of the block.
+
+    From a local store it is read where it lies; from a remote one it is downloaded into a
+    temporary folder removed afterwards. (`mlflow.artifacts.download_artifacts(run_id=...)` copies
+    even a local artifact into a new temporary folder that nothing removes: each trainer left a
+    copy of the processed dataset, 225 MB at the default size, in the temp folder.)
+    Raises FileNotFoundError, naming the run, where it has no such artifact."""
+    client = MlflowClient()
+    parent = artifact_path.rstrip("/").rpartition("/")[0]
+    if artifact_path.rstrip("/") not in {a.path for a in client.list_artifacts(run_id, parent or None)}:
+        raise FileNotFoundError(f"run {run_id} has no artifact {artifact_path!r}")
+    uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    if urlparse(uri).scheme in ("", "file"):
+        yield Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        return
+    with tempfile.TemporaryDirectory(prefix="kana-artifact-") as tmp:
+        yield Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
 
 
 @contextmanager

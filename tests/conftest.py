@@ -67,6 +67,7 @@ def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path |
 @dataclass
 class Pipeline:
     tmp: Path
+    scratch: Path  # the temp folder (TMPDIR) of every process the pipeline ran
     tracking_uri: str
     experiment_id: str
     main_run_id: str
@@ -97,12 +98,22 @@ def pipeline(tmp_path_factory) -> Pipeline:
     raw_dir = write_raw_data(tmp / "raw", seed=11, per_class=2, hostile_marker=marker)
     real_dir = write_raw_data(tmp / "real", seed=12, per_class=1, off_table=True)
     experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
-    submitted = mlflow.projects.run(
-        str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",
-        parameters={**TINY, "raw_dir": str(raw_dir), "real_dir": str(real_dir)},
-    )
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    old_tmpdir = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(scratch)  # the entry points run in child processes, which inherit it
+    try:
+        submitted = mlflow.projects.run(
+            str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",
+            parameters={**TINY, "raw_dir": str(raw_dir), "real_dir": str(real_dir)},
+        )
+    finally:
+        if old_tmpdir is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = old_tmpdir
     assert submitted.get_status() == "FINISHED"
-    yield Pipeline(tmp, uri, experiment_id, submitted.run_id, raw_dir, real_dir, marker)
+    yield Pipeline(tmp, scratch, uri, experiment_id, submitted.run_id, raw_dir, real_dir, marker)
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT_DIR
@@ -43,6 +44,8 @@ def test_killed_preprocess_is_never_picked_up(tmp_path, monkeypatch):
     assert not [a.path for a in client.list_artifacts(killed.info.run_id) if a.path == "dataset"]
     again, again_id = load_dataset()
     assert again_id == good_id and again.meta["digest"] == good.meta["digest"]
+    with pytest.raises(FileNotFoundError, match=f"run {killed.info.run_id} has no artifact 'dataset'"):
+        load_dataset(killed.info.run_id)  # named by hand: the error says which run lacks what
 
 
 def _store(tmp_path, monkeypatch, experiment):
