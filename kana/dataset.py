@@ -464,5 +464,8 @@ def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
                 "no FINISHED preprocess run found: run `mlflow run . -e preprocess --env-manager local` first"
             )
         run_id = run.info.run_id
-    with run_artifact(run_id, "dataset") as folder:
-        return read_dataset(folder), run_id
+    try:
+        with run_artifact(run_id, "dataset") as folder:
+            return read_dataset(folder), run_id
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}: dataset_run_id must name a FINISHED preprocess run") from None
