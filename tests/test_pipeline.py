@@ -38,7 +38,7 @@ def _artifacts(client, run_id, path=None):
     return out
 
 
-def test_preprocess_logged_the_dataset_and_its_report(pipeline):
+def test_preprocess_logged_the_dataset_and_its_report(pipeline, tmp_path):
     client = MlflowClient(pipeline.tracking_uri)
     (run,) = pipeline.runs("preprocess")
     assert run.info.status == "FINISHED"
@@ -54,7 +54,8 @@ def test_preprocess_logged_the_dataset_and_its_report(pipeline):
                  "dropped_per_reason_and_class.csv"):
         assert name in files
     manifest = pd.read_csv(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="dataset/manifest.csv"), keep_default_na=False)
+        run_id=run.info.run_id, artifact_path="dataset/manifest.csv", dst_path=tmp_path),
+        keep_default_na=False)
     rejected = manifest[manifest.reason != ""].set_index("path").reason.to_dict()
     assert rejected == {"mallory/a00001.pickle": "refused_pickle", "mallory/i00001.pickle": "unreadable"}
     assert set(manifest[manifest.reason == ""].source) == {"alice", "synthetic-kanjivg"}
@@ -139,7 +140,7 @@ def test_a_kanji_base_is_reused_only_with_the_raster_code_it_was_trained_with(pi
         mlflow.set_tracking_uri(previous_uri)
 
 
-def test_champion_is_the_best_validation_candidate_and_tagged(pipeline):
+def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path):
     client = MlflowClient(pipeline.tracking_uri)
     version = client.get_model_version_by_alias(MODEL_NAME, "champion")
     runs = [pipeline.runs(ep)[0] for ep in FAMILIES.values()]
@@ -158,7 +159,7 @@ def test_champion_is_the_best_validation_candidate_and_tagged(pipeline):
         assert version.tags["model_family"] == best.data.tags["model_family"]
         assert version.tags["val_balanced_accuracy"] == f"{best.data.metrics['val_balanced_accuracy']:.6f}"
     assert register.data.metrics["val_balanced_accuracy"] == pytest.approx(float(version.tags["val_balanced_accuracy"]), abs=1e-6)
-    summary = client.download_artifacts(pipeline.main_run_id, "summary.txt")
+    summary = client.download_artifacts(pipeline.main_run_id, "summary.txt", tmp_path)
     text = open(summary).read()
     assert "champion" in text and all(f in text for f in (*FAMILIES, "ensemble"))
     assert text.count("yes") == 1
@@ -192,11 +193,11 @@ def test_champion_pyfunc_reads_raw_samples_in_every_shape(pipeline):
     assert pd.DataFrame(out).shape == (len(samples), 6)  # and a table for whoever wants one
 
 
-def test_champion_loads_where_pickled_models_are_refused(pipeline, monkeypatch):
+def test_champion_loads_where_pickled_models_are_refused(pipeline, monkeypatch, tmp_path):
     """The pyfunc is logged as code, so a site that refuses pickles still serves it."""
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     uri = f"models:/{MODEL_NAME}@champion"
-    files = set(os.listdir(mlflow.artifacts.download_artifacts(uri)))
+    files = set(os.listdir(mlflow.artifacts.download_artifacts(uri, dst_path=tmp_path)))
     assert "pyfunc_from_code.py" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
     samples = _real_samples(pipeline, 3)
     out = mlflow.pyfunc.load_model(uri).predict([[s.tolist() for s in x.strokes] for x in samples])
@@ -246,7 +247,7 @@ def test_training_scored_real_samples_as_serving_reads_them(pipeline, family):
     np.testing.assert_allclose(logged, served, atol=1e-5)
 
 
-def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipeline):
+def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipeline, tmp_path):
     """What `mlflow models serve` runs: the members in a child process. The same predictions as in
     process, from many threads at once (the child batches whatever is queued), a bad sample failing
     only its own request; if the child dies, the request in flight fails saying so and the next
@@ -255,7 +256,8 @@ def test_models_in_a_child_process_answer_the_same_and_outlive_its_death(pipelin
 
     from kana.serving import ChildProcessRecognizer, Recognizer
 
-    folder = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion"),
+    folder = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion",
+                                                              dst_path=tmp_path),
                           "artifacts", "members")
     raw = [{str(i + 1): s.tolist() for i, s in enumerate(x.strokes)} for x in _real_samples(pipeline, 10)]
     in_process = Recognizer.from_members_dir(folder)
