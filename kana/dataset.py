@@ -455,7 +455,7 @@ def _sample_grid(ds: ProcessedDataset, per_source: int = 24):
 
 def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
     """The processed dataset of a preprocess run (default: the latest FINISHED one)."""
-    from kana.tracking import latest_finished_run, run_artifact
+    from kana.tracking import MissingArtifact, latest_finished_run, run_artifact
 
     if not run_id:
         run = latest_finished_run("preprocess")
@@ -467,5 +467,5 @@ def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
     try:
         with run_artifact(run_id, "dataset") as folder:
             return read_dataset(folder), run_id
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}: dataset_run_id must name a FINISHED preprocess run") from None
+    except MissingArtifact as e:
+        raise MissingArtifact(f"{e}: dataset_run_id must name a FINISHED preprocess run") from None

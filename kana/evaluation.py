@@ -26,7 +26,7 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from kana import plots  # noqa: E402
-from kana.tracking import log_figure_png, run_artifact  # noqa: E402
+from kana.tracking import MissingArtifact, log_figure_png, run_artifact  # noqa: E402
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -137,5 +137,5 @@ def load_probabilities(run_id: str, prefix: str) -> tuple[np.ndarray, np.ndarray
     try:
         with run_artifact(run_id, f"evaluation/{prefix}_probabilities.npz") as path, np.load(path) as z:
             return z["y_true"], z["probs"]
-    except FileNotFoundError:
+    except MissingArtifact:
         return None

@@ -131,6 +131,10 @@ def git_commit() -> str | None:
         return None
 
 
+class MissingArtifact(FileNotFoundError):
+    """A run has no artifact at that path (not: a file inside one is missing or unreadable)."""
+
+
 @contextmanager
 def run_artifact(run_id: str, artifact_path: str):
     """A run's artifact (file or folder) as a local path, for the length of the block.
@@ -139,11 +143,11 @@ def run_artifact(run_id: str, artifact_path: str):
     temporary folder removed afterwards. (`mlflow.artifacts.download_artifacts(run_id=...)` copies
     even a local artifact into a new temporary folder that nothing removes: each trainer left a
     copy of the processed dataset, 225 MB at the default size, in the temp folder.)
-    Raises FileNotFoundError, naming the run, where it has no such artifact."""
+    Raises MissingArtifact, naming the run, where it has no such artifact."""
     client = MlflowClient()
     parent = artifact_path.rstrip("/").rpartition("/")[0]
     if artifact_path.rstrip("/") not in {a.path for a in client.list_artifacts(run_id, parent or None)}:
-        raise FileNotFoundError(f"run {run_id} has no artifact {artifact_path!r}")
+        raise MissingArtifact(f"run {run_id} has no artifact {artifact_path!r}")
     uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     if urlparse(uri).scheme in ("", "file"):
         yield Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

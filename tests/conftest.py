@@ -100,18 +100,12 @@ def pipeline(tmp_path_factory) -> Pipeline:
     experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
     scratch = tmp / "scratch"
     scratch.mkdir()
-    old_tmpdir = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(scratch)  # the entry points run in child processes, which inherit it
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(scratch))  # the entry points run in child processes, which inherit it
         submitted = mlflow.projects.run(
             str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",
             parameters={**TINY, "raw_dir": str(raw_dir), "real_dir": str(real_dir)},
         )
-    finally:
-        if old_tmpdir is None:
-            os.environ.pop("TMPDIR")
-        else:
-            os.environ["TMPDIR"] = old_tmpdir
     assert submitted.get_status() == "FINISHED"
     yield Pipeline(tmp, scratch, uri, experiment_id, submitted.run_id, raw_dir, real_dir, marker)
     if old is None:
