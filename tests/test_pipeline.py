@@ -3,6 +3,7 @@ touches afterwards: the logged runs, the registered champion, the pyfunc and `ml
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -393,33 +394,38 @@ def _post(port: int, payload, raw: bytes | None = None):
 
 @pytest.fixture(scope="module")
 def server(pipeline):
-    """`mlflow models serve` of the champion: its port and process."""
+    """`mlflow models serve` of the champion: its port and process. Its output goes to a log
+    whose tail a failure to start shows."""
     port = free_port()
+    log_path = pipeline.tmp / "models-serve.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         ["mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager",
          "local", "--host", "127.0.0.1", "--port", str(port)],
         env={**os.environ, "MLFLOW_TRACKING_URI": pipeline.tracking_uri},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         deadline = time.time() + 180
-        while time.time() < deadline:
+        while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
                     break
             except Exception:
-                if proc.poll() is not None:
-                    raise RuntimeError("mlflow models serve exited before answering")
+                if proc.poll() is not None or time.time() > deadline:
+                    why = "exited" if proc.poll() is not None else "did not answer /ping in 180 s"
+                    raise RuntimeError(f"mlflow models serve {why}:\n"
+                                       + log_path.read_text()[-3000:]) from None
                 time.sleep(1)
-        else:
-            raise RuntimeError("mlflow models serve did not answer /ping in 180 s")
         yield port, proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the whole group: uvicorn's workers too
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 @pytest.fixture(scope="module")
