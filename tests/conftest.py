@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -139,3 +140,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(cmd: list[str], ready_url: str, log_path: Path, env: dict | None = None):
+    """Start a server (`mlflow server`, `mlflow models serve`) with its output in `log_path`, wait
+    until `ready_url` answers, yield the process, then stop its whole process group (uvicorn's
+    workers too). If it exits or does not answer in 180 s, the error carries the log's tail."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=2):
+                        break
+                except Exception:
+                    if proc.poll() is not None or time.time() > deadline:
+                        why = "exited" if proc.poll() is not None else "did not answer in 180 s"
+                        raise RuntimeError(f"{' '.join(cmd[:3])} {why}:\n"
+                                           + log_path.read_text()[-3000:]) from None
+                    time.sleep(1)
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)

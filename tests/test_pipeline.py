@@ -3,12 +3,9 @@ touches afterwards: the logged runs, the registered champion, the pyfunc and `ml
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +17,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import MODEL_NAME, PROJECT_DIR, TINY, free_port
+from conftest import MODEL_NAME, PROJECT_DIR, TINY, free_port, server_process
 from kana.classes import class_set
 
 FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
@@ -394,38 +391,15 @@ def _post(port: int, payload, raw: bytes | None = None):
 
 @pytest.fixture(scope="module")
 def server(pipeline):
-    """`mlflow models serve` of the champion: its port and process. Its output goes to a log
-    whose tail a failure to start shows."""
+    """`mlflow models serve` of the champion: its port and process."""
     port = free_port()
-    log_path = pipeline.tmp / "models-serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
+    with server_process(
         ["mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager",
          "local", "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/ping", pipeline.tmp / "models-serve.log",
         env={**os.environ, "MLFLOW_TRACKING_URI": pipeline.tracking_uri},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    why = "exited" if proc.poll() is not None else "did not answer /ping in 180 s"
-                    raise RuntimeError(f"mlflow models serve {why}:\n"
-                                       + log_path.read_text()[-3000:]) from None
-                time.sleep(1)
+    ) as proc:
         yield port, proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the whole group: uvicorn's workers too
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,8 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -23,7 +20,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT_DIR, TINY, ensure_debian_packages, free_port
+from conftest import PROJECT_DIR, TINY, ensure_debian_packages, free_port, server_process
 from kana.classes import class_set, get_class
 from kana.synth import synthesize_sample
 
@@ -78,33 +75,13 @@ def tracking_server(postgres, tmp_path_factory):
     backend_uri, _, _ = postgres
     artifacts = tmp_path_factory.mktemp("team-artifacts")
     port = free_port()
-    log_path = artifacts.parent / "mlflow-server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    with server_process(
         ["mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
          str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow server did not come up:\n" + log_path.read_text()[-3000:]) from None
-                time.sleep(1)
+        f"{url}/health", artifacts.parent / "mlflow-server.log",
+    ):
         yield url, artifacts
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tmp_path, monkeypatch):
