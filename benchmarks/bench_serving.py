@@ -125,13 +125,15 @@ def keras_baselines(model_uri: str, sample):
     from kana.strokes import parse_strokes
     from kana.training import ModelConfig, model_inputs
 
-    local = Path(mlflow.artifacts.download_artifacts(model_uri))
     members = []
-    for config_path in sorted(local.rglob("kana_config.json")):
-        config = ModelConfig.from_json(config_path.read_text())
-        model = keras.saving.load_model(config_path.parent / "model.keras", compile=False)
-        x = model_inputs(config, [resample_for_model(parse_strokes(sample), *config.resampling)])
-        members.append((model, x))
+    # into a folder removed afterwards: download_artifacts alone leaves its copy in the temp folder
+    with tempfile.TemporaryDirectory(prefix="kana-bench-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
+        for config_path in sorted(local.rglob("kana_config.json")):
+            config = ModelConfig.from_json(config_path.read_text())
+            model = keras.saving.load_model(config_path.parent / "model.keras", compile=False)
+            x = model_inputs(config, [resample_for_model(parse_strokes(sample), *config.resampling)])
+            members.append((model, x))
     out = {}
     for name, fn in (("keras predict()", lambda: [m.predict(x, verbose=0) for m, x in members]),
                      ("keras direct call", lambda: [m(x, training=False) for m, x in members])):
