@@ -96,10 +96,10 @@ def parse_strokes(obj, where: str = "sample") -> Strokes:
         keyed = []
         for key, value in obj.items():
             try:
-                number = int(key)
-                if isinstance(key, float) or isinstance(key, bool):
+                if isinstance(key, (float, bool)):
                     raise ValueError
-            except (TypeError, ValueError):
+                number = int(key)
+            except (TypeError, ValueError, OverflowError):
                 raise InvalidSample(
                     "bad_structure", f"{where}: stroke key {key!r} is not a stroke number"
                 ) from None
@@ -237,11 +237,13 @@ def load_pickle_sample(path: Path) -> Strokes:
 def load_json_sample(path: Path) -> Strokes:
     """One sample from JSON: `{"1": [[x, y], ...]}`, a list of strokes, or `{"strokes": [...]}`."""
     try:
-        obj = json.loads(_read_bytes(path).decode("utf-8"))
+        obj = json.loads(_read_bytes(path).decode("utf-8-sig"))  # a BOM, as Windows tools write, is fine
     except InvalidSample:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSample("unreadable", f"{path.name}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidSample("unreadable", f"{path.name}: JSON nested too deeply to read") from None
     return parse_strokes(obj, path.name)
 
 
@@ -266,7 +268,7 @@ def read_tegaki_charcol(path: Path, canvas: float = 1000.0) -> Iterator[tuple[st
             raise InvalidSample("unreadable", f"{path.name}: bad gzip ({exc})") from None
     try:
         root = ET.fromstring(data)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # an encoding expat cannot read, too
         raise InvalidSample("unreadable", f"{path.name}: bad XML ({exc})") from None
     half = canvas / 2.0
     for k, char in enumerate(root.iter("character")):
@@ -292,7 +294,7 @@ def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, ob
     except UnicodeDecodeError as exc:
         raise InvalidSample("unreadable", f"{path.name}: not UTF-8 ({exc})") from None
     half = canvas / 2.0
-    entries: list[tuple[str, list[list[tuple[float, float]]]]] = []
+    entries: list[tuple[str, list[str]]] = []  # a character and the point text of its strokes
     for line in text.splitlines():
         line = line.strip()
         if not line:
@@ -305,18 +307,27 @@ def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, ob
         body = line[1:].split("(", 1)
         if len(body) == 1:  # the stroke-count line
             continue
-        pts = []
-        for pair in body[1].replace(")", " ").split("("):
-            nums = pair.split()
-            if len(nums) == 2:
-                pts.append((float(nums[0]) / half - 1.0, 1.0 - float(nums[1]) / half))
-        entries[-1][1].append(pts)
-    for k, (character, strokes) in enumerate(entries):
+        entries[-1][1].append(body[1])
+    for k, (character, stroke_texts) in enumerate(entries):
         where = f"{path.name}#{k}"
         try:
-            yield _id_for_character(character, where), parse_strokes(strokes, where)
+            cid = _id_for_character(character, where)
+            strokes = [_tdic_points(points_text, half) for points_text in stroke_texts]
+            yield cid, parse_strokes(strokes, where)
         except InvalidSample as exc:
             yield None, exc
+        except ValueError as exc:
+            yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
+
+
+def _tdic_points(text: str, half: float) -> list[tuple[float, float]]:
+    """`(x y) (x y) ...` after a Tomoe stroke line's first parenthesis, flipped to y up."""
+    points = []
+    for pair in text.replace(")", " ").split("("):
+        nums = pair.split()
+        if len(nums) == 2:
+            points.append((float(nums[0]) / half - 1.0, 1.0 - float(nums[1]) / half))
+    return points
 
 
 def iter_raw_files(raw_dir: Path) -> Iterator[Path]:
@@ -365,8 +376,12 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
         try:
             if lower.endswith((".charcol", ".charcol.gz", ".tdic")):
                 reader = read_tomoe_tdic if lower.endswith(".tdic") else read_tegaki_charcol
+                read = 0
                 for k, (cid, result) in enumerate(reader(path)):
                     _accept(report, result, cid, source, f"{name}#{k}", class_ids, any_stroke_count)
+                    read += 1
+                if not read:
+                    raise InvalidSample("empty_sample", f"{name}: holds no characters")
                 continue
             cid = char_id_from_filename(path.name)
             if cid is None:

@@ -120,6 +120,8 @@ def test_object_dtype_array_is_not_numbers(tmp_path):
         ({1: [[0.0, np.inf]]}, "non_finite"),
         ({1: [[0.0, 0.0, 0.0]]}, "bad_shape"),
         ({1: [[0.0, 0.0]], "x": [[0.0, 0.0]]}, "bad_structure"),
+        ({float("inf"): [[0.0, 0.0]]}, "bad_structure"),
+        ({1.0: [[0.0, 0.0]]}, "bad_structure"),
         ({1: [[1e9, 0.0]]}, "out_of_bounds"),
         ({1: [["a", 0.0]]}, "bad_type"),
         ({1: "strokes"}, "bad_structure"),
@@ -203,6 +205,75 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     scored = load_raw_dir(tmp_path, any_stroke_count=True)
     assert sorted(s.path for s in scored.samples) == sorted(kept + ["alice/i00002.pickle"])
     assert {r.path for r in scored.rejections} == set(reasons) - {"alice/i00002.pickle"}
+
+
+def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path):
+    bob = tmp_path / "bob"
+    bob.mkdir()
+    # a Tomoe dictionary whose first character has a point that is no number: only it is lost
+    (bob / "d.tdic").write_text(
+        "う\n:1\n:2 (80 60) (1O0 250)\nい\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n",
+        encoding="utf-8",
+    )
+    (bob / "i1.json").write_text('{"1": ' + "[" * 100_000 + "]" * 100_000 + "}")  # deeper than Python reads
+    (bob / "i2.json").write_bytes("\ufeff".encode() + json.dumps({"1": [[0, 0.5], [0.2, 0.5]], "2": [[0, 0.3], [0, -0.6]]}).encode())
+    (bob / "e.charcol").write_bytes(b'<?xml version="1.0" encoding="UTF-9"?><character-collection/>')
+    (bob / "i3.pickle").write_bytes(pickle.dumps({float("inf"): GOOD[1], 2: GOOD[2]}))
+    report = load_raw_dir(tmp_path)
+    assert sorted(s.path for s in report.samples) == ["bob/d.tdic#1", "bob/i2.json"]  # a BOM is fine
+    rejected = {r.path: (r.reason, r.message) for r in report.rejections}
+    assert {path: reason for path, (reason, _) in rejected.items()} == {
+        "bob/d.tdic#0": "bad_type",
+        "bob/i1.json": "unreadable",
+        "bob/e.charcol": "unreadable",
+        "bob/i3.pickle": "bad_structure",
+    }
+    assert "1O0" in rejected["bob/d.tdic#0"][1] and "nested too deeply" in rejected["bob/i1.json"][1]
+    assert "UTF-9" in rejected["bob/e.charcol"][1] and "inf" in rejected["bob/i3.pickle"][1]
+
+
+def _mutated(data: bytes, rng: np.random.Generator) -> bytes:
+    """`data` with a few bytes changed, cut, or spliced with something a parser chokes on."""
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 6))):
+        at = int(rng.integers(0, len(out) + 1))
+        what = rng.random()
+        if what < 0.4 and at < len(out):
+            out[at] = int(rng.integers(0, 256))
+        elif what < 0.6:
+            del out[at : at + int(rng.integers(1, 9))]
+        elif what < 0.85:
+            junk = [b"(", b")", b"-", b"9e999", b"nan", b"[", b"]", b"\x00", b"<", b":", b'"', b"\xe3"]
+            out[at:at] = junk[int(rng.integers(0, len(junk)))]
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
+    """Every file a load meets ends as a sample or a named rejection, however it is damaged."""
+    good_xml = ('<?xml version="1.0" encoding="UTF-8"?><character-collection><set name="x"><character>'
+                '<utf8>い</utf8><strokes><stroke><point x="200" y="200"/><point x="250" y="700"/></stroke>'
+                '<stroke><point x="700" y="250"/><point x="750" y="600"/></stroke></strokes></character>'
+                "</set></character-collection>").encode()
+    originals = {
+        "pickle": pickle.dumps(GOOD, protocol=4),
+        "json": json.dumps({k: v.tolist() for k, v in GOOD.items()}).encode(),
+        "tdic": "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n".encode(),
+        "charcol": good_xml,
+        "charcol.gz": gzip.compress(good_xml),
+    }
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for k in range(400):
+        for suffix, data in originals.items():
+            (folder / f"i{suffix[:2]}{k}.{suffix}").write_bytes(_mutated(data, rng))
+    report = load_raw_dir(tmp_path, any_stroke_count=True)
+    files = {path.split("#")[0] for path in [s.path for s in report.samples] + [r.path for r in report.rejections]}
+    assert len(files) == 400 * len(originals)
+    assert report.samples and report.rejections
+    assert all(r.path.split("#")[0].split("/")[-1] in r.message for r in report.rejections)  # named
 
 
 def test_class_filter_rejects_other_classes(tmp_path):
