@@ -34,6 +34,10 @@ class BadRequest(ValueError):
     """A request the page should show as an error (HTTP 400) with this message."""
 
 
+class ModelServerFailed(RuntimeError):
+    """The model server behind the page did not answer, or failed (HTTP 502, with this message)."""
+
+
 # --------------------------------------------------------------------------- predicting
 
 
@@ -75,7 +79,12 @@ class RemoteGuesser:
                 message = json.loads(err.read()).get("message", str(err))
             except Exception:
                 message = str(err)
-            raise BadRequest(f"model server: {message}") from None
+            if 400 <= err.code < 500:  # the drawing was refused
+                raise BadRequest(f"model server: {message}") from None
+            raise ModelServerFailed(f"model server at {self.url} failed: {message}") from None
+        except (urllib.error.URLError, OSError) as err:  # refused, unreachable, timed out
+            reason = getattr(err, "reason", err)
+            raise ModelServerFailed(f"model server at {self.url} did not answer: {reason}") from None
         return _top5(body["predictions"][0])
 
 
@@ -184,17 +193,27 @@ def make_server(guesser, raw_dir: str | Path, host: str = "127.0.0.1", port: int
                     self._json(404, {"error": f"no API at {self.path}"})
             except BadRequest as exc:
                 self._json(400, {"error": str(exc)})
+            except ModelServerFailed as exc:
+                self._json(502, {"error": str(exc)})
             except Exception as exc:  # keep serving; say what happened
                 self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
         def _read_json(self) -> dict:
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            try:
+                length = int(declared)
+            except ValueError:
+                length = -1
+            if length < 0:  # read(-1) would wait until the client hangs up
+                raise BadRequest(f"Content-Length {declared!r} is not a number of bytes")
             if length > MAX_BODY_BYTES:
                 raise BadRequest(f"request of {length} bytes (at most {MAX_BODY_BYTES})")
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise BadRequest(f"request is not JSON ({exc})") from None
+            except RecursionError:
+                raise BadRequest("request JSON is nested too deeply to read") from None
             if not isinstance(body, dict):
                 raise BadRequest("request must be a JSON object")
             return body

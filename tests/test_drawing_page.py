@@ -3,8 +3,11 @@ drawing a character stroke by stroke with pointer events."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 
 from conftest import MODEL_NAME, ensure_debian_packages
 from kana.classes import get_class
-from kana.drawing import BadRequest, InProcessGuesser, make_server, save_drawing
+from kana.drawing import BadRequest, InProcessGuesser, RemoteGuesser, make_server, save_drawing
 from kana.strokes import load_json_sample, load_pickle_sample, load_raw_dir
 from kana.synth import synthesize_sample
 
@@ -107,6 +110,77 @@ def _call(url, payload=None, raw=None):
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def _serve_in_thread(server):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class _FailingModelServer(BaseHTTPRequestHandler):
+    """A model server that answers every request with MLflow's error body and HTTP 500."""
+
+    def do_POST(self):
+        body = json.dumps({"error_code": "INTERNAL_ERROR", "message": "out of memory"}).encode()
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _raw_post(url, path, headers, body=b""):
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    conn.putrequest("POST", path)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def test_a_model_server_that_is_down_or_failing_is_a_502_and_the_page_still_saves(tmp_path):
+    """Behind `--server-url`: a server that does not answer, or answers 500, is the model
+    server's failure (502, naming it), not the drawing's (400); saving needs no model."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), _FailingModelServer)
+    failing_url = _serve_in_thread(failing)
+    pages = [make_server(RemoteGuesser(model_url, timeout=5), tmp_path, port=0)
+             for model_url in (f"http://127.0.0.1:{closed_port}", failing_url)]
+    down_url, failing_page_url = (_serve_in_thread(p) for p in pages)
+    try:
+        status, body = _call(f"{down_url}/api/predict", {"strokes": KA})
+        assert status == 502 and f"127.0.0.1:{closed_port}/invocations did not answer" in body["error"], body
+        status, body = _call(f"{failing_page_url}/api/predict", {"strokes": KA})
+        assert status == 502 and "failed: out of memory" in body["error"], body
+        status, body = _call(f"{down_url}/api/save", {"strokes": KA, "char_id": "ka", "contributor": "d"})
+        assert status == 200 and Path(body["path"]).is_file()
+    finally:
+        for server in [*pages, failing]:
+            server.shutdown()
+            server.server_close()
+
+
+def test_malformed_requests_are_400s_that_say_why(tmp_path):
+    page = make_server(RemoteGuesser("http://127.0.0.1:9"), tmp_path, port=0)
+    url = _serve_in_thread(page)
+    try:
+        for length in ("-5", "lots"):  # read(-5) would wait for the client to hang up
+            status, body = _raw_post(url, "/api/predict", {"Content-Length": length})
+            assert status == 400 and f"Content-Length '{length}'" in body["error"], body
+        deep = b'{"strokes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, body = _raw_post(url, "/api/save", {"Content-Length": str(len(deep))}, deep)
+        assert status == 400 and "nested too deeply" in body["error"], body
+        status, body = _raw_post(url, "/api/save", {"Content-Length": str(3 * 1024 * 1024)})
+        assert status == 400 and "at most" in body["error"], body
+    finally:
+        page.shutdown()
+        page.server_close()
+    assert not list(tmp_path.rglob("*"))
 
 
 def test_api_guesses_like_the_pyfunc_and_refuses_bad_requests(page, pipeline):
