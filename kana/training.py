@@ -296,6 +296,7 @@ def train_family(
 
     from kana import evaluation, plots
 
+    check_real_dir(real_dir)
     ds, dataset_run_id = load_dataset(dataset_run_id or None)
     meta = ds.meta
     config = replace(ModelConfig.for_dataset(family, meta, dataset_run_id), **(input_options or {}))
@@ -394,6 +395,13 @@ def predict_probs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities, calling the model directly (no `predict` overhead)."""
     out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
+
+
+def check_real_dir(real_dir: str) -> None:
+    """Refuse a `real_dir` that is no folder before anything trains: a mistyped path would
+    otherwise cost a whole training and then score nothing."""
+    if real_dir and not Path(real_dir).is_dir():
+        raise ValueError(f"real_dir {real_dir!r} is not a folder (looked from {Path.cwd()})")
 
 
 def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]:

@@ -179,6 +179,17 @@ def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
         main(cnn_raster_size=size)
 
 
+def test_a_real_dir_that_is_no_folder_is_refused_before_anything_trains(tmp_path):
+    from kana.pipeline import main
+    from kana.training import train_cnn, train_lstm, train_transfer
+
+    for real_dir in (tmp_path / "tomoe_ra", tmp_path / "a.pickle"):
+        (tmp_path / "a.pickle").write_bytes(b"")
+        for train in (train_cnn, train_lstm, train_transfer, main):  # no dataset or store needed
+            with pytest.raises(ValueError, match=f"^real_dir '{real_dir}' is not a folder"):
+                train(real_dir=str(real_dir))
+
+
 def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
     """Their kana_config.json and dataset.json have no max_gap: they were trained on the
     notebook's spline through the raw points, so they must keep it (0), not get the new default."""
