@@ -356,8 +356,19 @@ def read_dataset(folder: Path) -> ProcessedDataset:
 # --------------------------------------------------------------------------- the entry point
 
 
+DEFAULT_RAW_DIR = "data/raw"
+
+
+def check_raw_dir(raw_dir: str) -> None:
+    """Refuse a `raw_dir` given that is no folder, before any work: training on synthetic samples
+    alone because of a typo would cost a whole run. The default may be absent (a fresh clone)."""
+    if raw_dir and Path(raw_dir) != Path(DEFAULT_RAW_DIR) and not Path(raw_dir).is_dir():
+        raise ValueError(f"raw_dir {raw_dir!r} is not a folder (looked from {Path.cwd()}); "
+                         "leave it out for synthetic samples alone")
+
+
 def preprocess(
-    raw_dir: str = "data/raw",
+    raw_dir: str = DEFAULT_RAW_DIR,
     class_set: str = "all",
     synthetic_per_class: int = 480,
     seed: int = 127,
@@ -387,6 +398,7 @@ def preprocess(
         "max_gap": max_gap,
         "max_strokes": max_strokes or class_table.max_strokes(class_set),
     }
+    check_raw_dir(raw_dir)
     with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
         log_params(params)
         if raw_dir and not Path(raw_dir).is_dir():

@@ -179,15 +179,22 @@ def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
         main(cnn_raster_size=size)
 
 
-def test_a_real_dir_that_is_no_folder_is_refused_before_anything_trains(tmp_path):
+def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from kana.dataset import check_raw_dir, preprocess
     from kana.pipeline import main
     from kana.training import train_cnn, train_lstm, train_transfer
 
-    for real_dir in (tmp_path / "tomoe_ra", tmp_path / "a.pickle"):
-        (tmp_path / "a.pickle").write_bytes(b"")
-        for train in (train_cnn, train_lstm, train_transfer, main):  # no dataset or store needed
-            with pytest.raises(ValueError, match=f"^real_dir '{real_dir}' is not a folder"):
-                train(real_dir=str(real_dir))
+    (tmp_path / "a.pickle").write_bytes(b"")
+    for missing in (tmp_path / "tomoe_ra", tmp_path / "a.pickle"):
+        for step in (train_cnn, train_lstm, train_transfer, main):  # no dataset or store needed
+            with pytest.raises(ValueError, match=f"^real_dir '{missing}' is not a folder"):
+                step(real_dir=str(missing))
+        for step in (preprocess, main):
+            with pytest.raises(ValueError, match=f"^raw_dir '{missing}' is not a folder"):
+                step(raw_dir=str(missing))
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no data/raw, and synthetic samples alone
+    check_raw_dir("data/raw")
+    check_raw_dir("")
 
 
 def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
