@@ -234,7 +234,11 @@ def serve_page(
     """Serve the drawing page. Guesses come from `model_uri` loaded in process, or from a running
     `mlflow models serve` at `server_url` when given. Saved drawings go under `raw_dir`."""
     guesser = RemoteGuesser(server_url) if server_url else InProcessGuesser(model_uri)
-    server = make_server(guesser, raw_dir, host, port, contributor or os.environ.get("USER", ""))
+    try:
+        server = make_server(guesser, raw_dir, host, port, contributor or os.environ.get("USER", ""))
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        raise SystemExit(f"kana serve-page: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                         "choose another --port or --host") from None
     print(f"kana drawing page on http://{host}:{server.server_address[1]}/ "
           f"(guesses from {server_url or model_uri}; drawings saved under {raw_dir})", flush=True)
     try:

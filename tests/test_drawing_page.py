@@ -183,6 +183,17 @@ def test_malformed_requests_are_400s_that_say_why(tmp_path):
     assert not list(tmp_path.rglob("*"))
 
 
+def test_a_port_in_use_is_named_with_what_to_do(tmp_path):
+    from kana.drawing import serve_page
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port} .*choose another --port"):
+            serve_page(server_url="http://127.0.0.1:9", raw_dir=str(tmp_path), port=port)
+
+
 def test_api_guesses_like_the_pyfunc_and_refuses_bad_requests(page, pipeline):
     url, _ = page
     status, body = _call(f"{url}/api/predict", {"strokes": KA})
