@@ -333,6 +333,7 @@ def _error_of(fn, *args):
         ([{"1": [[0.1, 0.2, 0.3]]}], "expected (N, 2)"),
         ([[[[0.0, 0.0]]] * 10_000], "10000 strokes"),
         ([{"1": [[0, 0]]}, "oops"], "sample 1"),
+        ([{float("inf"): [[0.0, 0.0]]}], "stroke key inf is not a stroke number"),
         ([], "no samples"),
     ],
 )
