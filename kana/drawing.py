@@ -82,7 +82,7 @@ class RemoteGuesser:
             if 400 <= err.code < 500:  # the drawing was refused
                 raise BadRequest(f"model server: {message}") from None
             raise ModelServerFailed(f"model server at {self.url} failed: {message}") from None
-        except (urllib.error.URLError, OSError) as err:  # refused, unreachable, timed out
+        except OSError as err:  # URLError (refused, unreachable) and timeouts
             reason = getattr(err, "reason", err)
             raise ModelServerFailed(f"model server at {self.url} did not answer: {reason}") from None
         return _top5(body["predictions"][0])

@@ -7,16 +7,16 @@ import http.client
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-from conftest import MODEL_NAME, ensure_debian_packages
+from conftest import MODEL_NAME, ensure_debian_packages, free_port
 from kana.classes import get_class
 from kana.drawing import BadRequest, InProcessGuesser, RemoteGuesser, make_server, save_drawing
 from kana.strokes import load_json_sample, load_pickle_sample, load_raw_dir
@@ -89,15 +89,19 @@ def test_save_refuses_bad_drawings_with_a_reason(tmp_path, contributor, char_id,
 # --------------------------------------------------------------------------- the server
 
 
+def _serve_in_thread(server):
+    """Serve `server` from a daemon thread; its base URL."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 @pytest.fixture(scope="module")
 def page(pipeline, tmp_path_factory):
     """The page server in this process, guessing with the tiny pipeline's champion."""
     raw_dir = tmp_path_factory.mktemp("page-raw")
     server = make_server(InProcessGuesser(f"models:/{MODEL_NAME}@champion"), raw_dir, port=0,
                          contributor="tester")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", raw_dir
+    yield _serve_in_thread(server), raw_dir
     server.shutdown()
     server.server_close()
 
@@ -110,11 +114,6 @@ def _call(url, payload=None, raw=None):
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def _serve_in_thread(server):
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 class _FailingModelServer(BaseHTTPRequestHandler):
@@ -144,9 +143,7 @@ def _raw_post(url, path, headers, body=b""):
 def test_a_model_server_that_is_down_or_failing_is_a_502_and_the_page_still_saves(tmp_path):
     """Behind `--server-url`: a server that does not answer, or answers 500, is the model
     server's failure (502, naming it), not the drawing's (400); saving needs no model."""
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()  # nobody listens on it
     failing = ThreadingHTTPServer(("127.0.0.1", 0), _FailingModelServer)
     failing_url = _serve_in_thread(failing)
     pages = [make_server(RemoteGuesser(model_url, timeout=5), tmp_path, port=0)
