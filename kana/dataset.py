@@ -34,6 +34,7 @@ from kana.strokes import (
     LoadReport,
     RawSample,
     Rejection,
+    check_raw_folder,
     check_stroke_count,
     iter_raw_files,
     load_raw_files,
@@ -360,11 +361,10 @@ DEFAULT_RAW_DIR = "data/raw"
 
 
 def check_raw_dir(raw_dir: str) -> None:
-    """Refuse a `raw_dir` given that is no folder, before any work: training on synthetic samples
-    alone because of a typo would cost a whole run. The default may be absent (a fresh clone)."""
-    if raw_dir and Path(raw_dir) != Path(DEFAULT_RAW_DIR) and not Path(raw_dir).is_dir():
-        raise ValueError(f"raw_dir {raw_dir!r} is not a folder (looked from {Path.cwd()}); "
-                         "leave it out for synthetic samples alone")
+    """`check_raw_folder` for `raw_dir`, but the default may be absent (a fresh clone: synthetic
+    samples alone)."""
+    if Path(raw_dir) != Path(DEFAULT_RAW_DIR):
+        check_raw_folder("raw_dir", raw_dir, "; leave it out for synthetic samples alone")
 
 
 def preprocess(

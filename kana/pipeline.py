@@ -78,11 +78,12 @@ def main(
     `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
     slower; see docs/experiments.md, "Rasters of 48 pixels")."""
     from kana.dataset import check_raw_dir
-    from kana.training import check_raster_size, check_real_dir
+    from kana.strokes import check_raw_folder
+    from kana.training import check_raster_size
 
     check_raster_size(cnn_raster_size, "cnn_raster_size")  # before any step runs
     check_raw_dir(raw_dir)
-    check_real_dir(real_dir)
+    check_raw_folder("real_dir", real_dir)
     commit = git_commit()
     with kana_run("main", run_name=f"main-{class_set}"):
         log_params({

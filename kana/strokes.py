@@ -348,6 +348,13 @@ def source_of(path: Path, raw_dir: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else raw_dir.name
 
 
+def check_raw_folder(param: str, folder: str, hint: str = "") -> None:
+    """Refuse a folder of raw files named by parameter `param` that is no folder, before any
+    work: a mistyped path would otherwise cost a whole run (`load_raw_dir` finds nothing there)."""
+    if folder and not Path(folder).is_dir():
+        raise ValueError(f"{param} {folder!r} is not a folder (looked from {Path.cwd()}){hint}")
+
+
 def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
                  any_stroke_count: bool = False) -> LoadReport:
     """Load, parse and validate every raw file under `raw_dir`.

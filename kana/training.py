@@ -20,6 +20,7 @@ import numpy as np
 from kana import features
 from kana.classes import OFF_BY_ONE_WEIGHT, WRONG_COUNT_WEIGHT, apply_stroke_count_prior
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
+from kana.strokes import check_raw_folder
 from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
 
 FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes", "lstm_path": "pen_path"}
@@ -296,7 +297,7 @@ def train_family(
 
     from kana import evaluation, plots
 
-    check_real_dir(real_dir)
+    check_raw_folder("real_dir", real_dir)
     ds, dataset_run_id = load_dataset(dataset_run_id or None)
     meta = ds.meta
     config = replace(ModelConfig.for_dataset(family, meta, dataset_run_id), **(input_options or {}))
@@ -395,13 +396,6 @@ def predict_probs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities, calling the model directly (no `predict` overhead)."""
     out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
-
-
-def check_real_dir(real_dir: str) -> None:
-    """Refuse a `real_dir` that is no folder before anything trains: a mistyped path would
-    otherwise cost a whole training and then score nothing."""
-    if real_dir and not Path(real_dir).is_dir():
-        raise ValueError(f"real_dir {real_dir!r} is not a folder (looked from {Path.cwd()})")
 
 
 def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]:
