@@ -73,7 +73,7 @@ class RemoteGuesser:
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                body = json.loads(resp.read())
+                answer = resp.read()
         except urllib.error.HTTPError as err:
             try:
                 message = json.loads(err.read()).get("message", str(err))
@@ -85,7 +85,11 @@ class RemoteGuesser:
         except OSError as err:  # URLError (refused, unreachable) and timeouts
             reason = getattr(err, "reason", err)
             raise ModelServerFailed(f"model server at {self.url} did not answer: {reason}") from None
-        return _top5(body["predictions"][0])
+        try:
+            return _top5(json.loads(answer)["predictions"][0])
+        except (ValueError, LookupError, TypeError):
+            raise ModelServerFailed(
+                f"model server at {self.url} answered no predictions: {answer[:200]!r}") from None
 
 
 def _top5(row) -> list[dict]:
@@ -210,7 +214,7 @@ def make_server(guesser, raw_dir: str | Path, host: str = "127.0.0.1", port: int
                 raise BadRequest(f"request of {length} bytes (at most {MAX_BODY_BYTES})")
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except ValueError as exc:  # not UTF-8, not JSON, or a number of over 4,300 digits
                 raise BadRequest(f"request is not JSON ({exc})") from None
             except RecursionError:
                 raise BadRequest("request JSON is nested too deeply to read") from None

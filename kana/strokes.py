@@ -5,8 +5,10 @@ with y pointing up (the Kivy app's canvas). This is the one place where raw inpu
 for training (files under `data/raw/<source>/`) and for serving (the pyfunc's input) alike.
 
 Raw pickles come from strangers, so they are read with `SafeUnpickler`, which can build plain
-containers, numbers and numpy arrays and nothing else: any other global is refused before it is
-called, so a payload never runs.
+containers, numbers and numpy arrays of numbers and nothing else: any other global is refused
+before it is called, so a payload never runs. numpy's own unpickling trusts the array headers it
+is given, and CPython's the memo indices, so both are checked first: a damaged file is a named
+rejection, never a crash or a machine's memory taken.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import pickle
+import pickletools
+import re
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,31 +59,145 @@ class ForbiddenGlobal(pickle.UnpicklingError):
     """A pickle asked for something other than containers, numbers and numpy arrays."""
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers, numbers, strings and numpy arrays.
+class PickledNotNumbers(pickle.UnpicklingError):
+    """A pickled numpy array or scalar of another type than numbers (objects, text, records)."""
 
-    Containers and numbers need no globals; numpy arrays need exactly these. Everything else
+
+_NUMBER_DTYPE = re.compile(r"[biuf]\d{1,2}")  # how numpy pickles bool, int, uint and float types
+_MAX_DIMENSIONS = 32
+
+
+class _UnpickledDtype:
+    """Stands in for `numpy.dtype` while unpickling. numpy's own `dtype.__setstate__` trusts the
+    sizes and flags in the pickle: one damaged byte there crashed the whole process (a segfault,
+    not an exception), and a crafted one could make numpy read float bytes as object pointers. A
+    type of numbers needs only its name and byte order, so those alone are read."""
+
+    def __init__(self, name, align=False, copy=True):
+        if not isinstance(name, str) or not _NUMBER_DTYPE.fullmatch(name):
+            raise PickledNotNumbers(f"a numpy array of dtype {name!r:.40}, not numbers")
+        try:
+            self.dtype = np.dtype(name)
+        except TypeError:
+            raise PickledNotNumbers(f"a numpy array of dtype {name!r}, not numbers") from None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"bad numpy dtype state {state!r:.80}")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _checked_array_layout(shape, dtype, data) -> tuple[tuple[int, ...], np.dtype, bytes]:
+    """A pickled array's shape, type and bytes, refused unless the bytes are exactly its shape's."""
+    if not isinstance(dtype, _UnpickledDtype):
+        raise pickle.UnpicklingError(f"numpy array with dtype {type(dtype).__name__}")
+    if (not isinstance(shape, tuple) or len(shape) > _MAX_DIMENSIONS
+            or not all(type(n) is int and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"bad numpy array shape {shape!r:.80}")
+    if isinstance(data, str):  # Python 2's pickles, read as text
+        data = data.encode("latin-1")
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError(f"numpy array data is {type(data).__name__}, not bytes")
+    data = bytes(data)
+    if len(data) != math.prod(shape) * dtype.dtype.itemsize:
+        raise pickle.UnpicklingError(
+            f"numpy array of shape {shape} {dtype.dtype} holds {len(data)} bytes, not "
+            f"{math.prod(shape) * dtype.dtype.itemsize}")
+    return shape, dtype.dtype, data
+
+
+class _UnpickledArray(np.ndarray):
+    """What `_reconstruct` makes while unpickling: an ndarray whose state is checked before
+    numpy reads it (see `_UnpickledDtype`). `np.asarray` of one is a plain ndarray."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError(f"bad numpy array state {state!r:.80}")
+        shape, dtype, fortran, data = state[-4:]
+        if type(fortran) not in (bool, int):
+            raise pickle.UnpicklingError(f"bad numpy array order {fortran!r:.40}")
+        shape, dtype, data = _checked_array_layout(shape, dtype, data)
+        super().__setstate__((1, shape, dtype, bool(fortran), data))
+
+
+def _reconstruct(subtype, shape, typecode):
+    if subtype is not np.ndarray:
+        raise ForbiddenGlobal(f"refused to build an array of {subtype!r:.60}")
+    return np.ndarray.__new__(_UnpickledArray, (0,), "b")
+
+
+def _scalar(dtype, data):
+    _, dtype, data = _checked_array_layout((), dtype, data)
+    return np.frombuffer(data, dtype)[0]
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    """Arrays as pickle protocol 5 writes them (Python 3.14's default)."""
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"bad numpy array order {order!r:.40}")
+    shape, dtype, data = _checked_array_layout(shape, dtype, buffer)
+    return np.frombuffer(bytearray(data), dtype).reshape(shape, order=order)
+
+
+def _latin1_bytes(text, encoding):
+    """Bytes as Python 3 pickles them at protocols 0-2: `_codecs.encode(text, "latin1")`."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise ForbiddenGlobal(f"refused _codecs.encode with {type(text).__name__}, {encoding!r:.20}")
+    return text.encode("latin-1")
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers, numbers, strings and numpy arrays of numbers.
+
+    Containers and numbers need no globals; numpy arrays need the ones below, each replaced by a
+    stand-in that checks what the pickle gives it before numpy sees it. Everything else
     (os.system, builtins.eval, subprocess, custom classes...) is refused without being called.
     """
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
+        **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
+        **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
+        **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _UnpickledDtype,
+        ("collections", "OrderedDict"): OrderedDict,
+        ("_codecs", "encode"): _latin1_bytes,
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+            return self._ALLOWED[module, name]
         raise ForbiddenGlobal(f"refused to load global {module}.{name}")
 
 
+def check_pickle_opcodes(data: bytes) -> None:
+    """Refuse a pickle that would make the unpickler take far more memory than the file holds.
+
+    CPython's unpickler grows its memo to the largest index a PUT names: a damaged 343-byte file
+    naming index 1,560,497,044 took 24 GB until the kernel killed the process, and the whole load
+    with it. A pickle written by `pickle.dump` names each index right after the last, so an index
+    further on is refused. Walking the opcodes (pure Python, about 50 us for an app sample) also
+    refuses a count of bytes that runs past the file's end before the unpickler allocates it.
+    """
+    stored = 0
+    try:
+        for opcode, arg, pos in pickletools.genops(data):
+            if opcode.name == "MEMOIZE":
+                stored += 1
+            elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if arg > stored:
+                    raise pickle.UnpicklingError(
+                        f"memo index {arg} at byte {pos}, where the pickle has stored {stored}")
+                if arg == stored:  # a new entry, not one stored again
+                    stored += 1
+    except ValueError as exc:  # genops': an unknown opcode, a count past the end, no STOP
+        raise pickle.UnpicklingError(str(exc)) from None
+
+
 def safe_unpickle(data: bytes):
-    """Unpickle untrusted bytes with `SafeUnpickler`."""
+    """Unpickle untrusted bytes with `SafeUnpickler`, after `check_pickle_opcodes`."""
+    check_pickle_opcodes(data)
     return SafeUnpickler(io.BytesIO(data)).load()
 
 
@@ -138,6 +258,10 @@ def _parse_stroke(raw, where: str) -> np.ndarray:
         points = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError):
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers") from None
+    except OverflowError:  # an integer beyond any float, such as 10**400
+        raise InvalidSample(
+            "out_of_bounds", f"{where}: a coordinate is too large for a float (the canvas is [-1, 1])"
+        ) from None
     if points.ndim != 2 or points.shape[1:] != (2,):
         if points.size == 0:
             raise InvalidSample("empty_stroke", f"{where}: has no points")
@@ -227,6 +351,8 @@ def load_pickle_sample(path: Path) -> Strokes:
         raise
     except ForbiddenGlobal as exc:
         raise InvalidSample("refused_pickle", f"{path.name}: {exc}") from None
+    except PickledNotNumbers as exc:
+        raise InvalidSample("bad_type", f"{path.name}: {exc}") from None
     except Exception as exc:  # truncated or garbage files raise many types
         raise InvalidSample(
             "unreadable", f"{path.name}: not a readable pickle ({type(exc).__name__}: {exc})"
@@ -240,7 +366,7 @@ def load_json_sample(path: Path) -> Strokes:
         obj = json.loads(_read_bytes(path).decode("utf-8-sig"))  # a BOM, as Windows tools write, is fine
     except InvalidSample:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of over 4,300 digits
         raise InvalidSample("unreadable", f"{path.name}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InvalidSample("unreadable", f"{path.name}: JSON nested too deeply to read") from None
@@ -262,10 +388,13 @@ def read_tegaki_charcol(path: Path, canvas: float = 1000.0) -> Iterator[tuple[st
     """
     data = _read_bytes(path)
     if path.name.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
+        try:  # at most what a plain file may hold: 16 MiB of zeros would unzip to 16 GB
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+                data = unzipped.read(MAX_FILE_BYTES + 1)
         except Exception as exc:
             raise InvalidSample("unreadable", f"{path.name}: bad gzip ({exc})") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise InvalidSample("too_large", f"{path.name}: unzips to more than {MAX_FILE_BYTES} bytes")
     try:
         root = ET.fromstring(data)
     except (ET.ParseError, LookupError, ValueError) as exc:  # an encoding expat cannot read, too

@@ -119,15 +119,22 @@ def _call(url, payload=None, raw=None):
 class _FailingModelServer(BaseHTTPRequestHandler):
     """A model server that answers every request with MLflow's error body and HTTP 500."""
 
+    status, body = 500, json.dumps({"error_code": "INTERNAL_ERROR", "message": "out of memory"}).encode()
+
     def do_POST(self):
-        body = json.dumps({"error_code": "INTERNAL_ERROR", "message": "out of memory"}).encode()
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(self.body)
 
     def log_message(self, *args):
         pass
+
+
+class _NotAModelServer(_FailingModelServer):
+    """Something else at the model server's address, answering 200 with a page of its own."""
+
+    status, body = 200, b"<html>sign in to the proxy</html>"
 
 
 def _raw_post(url, path, headers, body=b""):
@@ -141,23 +148,27 @@ def _raw_post(url, path, headers, body=b""):
 
 
 def test_a_model_server_that_is_down_or_failing_is_a_502_and_the_page_still_saves(tmp_path):
-    """Behind `--server-url`: a server that does not answer, or answers 500, is the model
-    server's failure (502, naming it), not the drawing's (400); saving needs no model."""
+    """Behind `--server-url`: a server that does not answer, answers 500 or answers something
+    other than predictions, is the model server's failure (502, naming it), not the drawing's
+    (400); saving needs no model."""
     closed_port = free_port()  # nobody listens on it
     failing = ThreadingHTTPServer(("127.0.0.1", 0), _FailingModelServer)
-    failing_url = _serve_in_thread(failing)
+    other = ThreadingHTTPServer(("127.0.0.1", 0), _NotAModelServer)
+    failing_url, other_url = _serve_in_thread(failing), _serve_in_thread(other)
     pages = [make_server(RemoteGuesser(model_url, timeout=5), tmp_path, port=0)
-             for model_url in (f"http://127.0.0.1:{closed_port}", failing_url)]
-    down_url, failing_page_url = (_serve_in_thread(p) for p in pages)
+             for model_url in (f"http://127.0.0.1:{closed_port}", failing_url, other_url)]
+    down_url, failing_page_url, other_page_url = (_serve_in_thread(p) for p in pages)
     try:
         status, body = _call(f"{down_url}/api/predict", {"strokes": KA})
         assert status == 502 and f"127.0.0.1:{closed_port}/invocations did not answer" in body["error"], body
         status, body = _call(f"{failing_page_url}/api/predict", {"strokes": KA})
         assert status == 502 and "failed: out of memory" in body["error"], body
+        status, body = _call(f"{other_page_url}/api/predict", {"strokes": KA})
+        assert status == 502 and "answered no predictions: b'<html>sign in" in body["error"], body
         status, body = _call(f"{down_url}/api/save", {"strokes": KA, "char_id": "ka", "contributor": "d"})
         assert status == 200 and Path(body["path"]).is_file()
     finally:
-        for server in [*pages, failing]:
+        for server in [*pages, failing, other]:
             server.shutdown()
             server.server_close()
 
@@ -172,6 +183,9 @@ def test_malformed_requests_are_400s_that_say_why(tmp_path):
         deep = b'{"strokes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         status, body = _raw_post(url, "/api/save", {"Content-Length": str(len(deep))}, deep)
         assert status == 400 and "nested too deeply" in body["error"], body
+        huge = b'{"strokes": [[[0.5, ' + b"9" * 5000 + b"]]]}"  # Python reads at most 4,300 digits
+        status, body = _raw_post(url, "/api/predict", {"Content-Length": str(len(huge))}, huge)
+        assert status == 400 and "request is not JSON" in body["error"], body
         status, body = _raw_post(url, "/api/save", {"Content-Length": str(3 * 1024 * 1024)})
         assert status == 400 and "at most" in body["error"], body
     finally:

@@ -450,6 +450,7 @@ def test_served_champion_answers_raw_dicts_and_stroke_lists(pipeline, served):
         ({"inputs": [{"1": [[0, 0]]}, {}]}, None, "sample 1: has no strokes"),
         ({"inputs": [[[[0.0, 0.0]]] * 10_000]}, None, "10000 strokes"),
         ({"inputs": [{"1": [[1e12, 0]]}]}, None, "outside"),
+        (None, b'{"inputs": [{"1": [[1' + b"0" * 400 + b', 0]]}]}', "too large for a float"),
         ({"inputs": {"1": [[0, 0]]}}, None, ""),
         ({"instances": [1]}, None, ""),
         (None, b"{not json", ""),

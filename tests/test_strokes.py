@@ -4,6 +4,8 @@ import gzip
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,6 +92,115 @@ def test_other_pickles_are_refused_or_rejected(tmp_path, payload):
         load_pickle_sample(path)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickles_of_every_protocol_and_array_layout_are_read(tmp_path, protocol):
+    """Protocol 5 is Python 3.14's default; 0-2 pickle bytes through `_codecs.encode`."""
+    strokes = {1: GOOD[1], 2: GOOD[2].astype(">f4"), 3: np.asfortranarray([[0.1, 0.2], [0.3, -0.4]]),
+               4: np.array([[-1, 1], [1, -1]], dtype=np.int16), 5: [[np.float64(0.5), np.float32(0.25)]]}
+    path = tmp_path / "a0.pickle"
+    path.write_bytes(pickle.dumps(strokes, protocol=protocol))
+    read = load_pickle_sample(path)
+    for got, expected in zip(read, strokes.values()):
+        np.testing.assert_array_equal(got, np.asarray(expected, dtype=np.float64).reshape(-1, 2))
+        assert type(got) is np.ndarray and got.dtype == np.float64
+
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's own, wherever this numpy version keeps it
+
+
+class _PickledDtype:
+    """Pickles as numpy pickles a dtype, with the state given (numpy writes (3, "<", None, None,
+    None, -1, -1, 0) for float64)."""
+
+    def __init__(self, name, state):
+        self.name, self.state = name, state
+
+    def __reduce__(self):
+        return (np.dtype, (self.name, False, True), self.state)
+
+
+class _PickledArray:
+    """Pickles as numpy pickles an array, with the parts given."""
+
+    def __init__(self, shape, dtype, data, subtype=np.ndarray):
+        self.shape, self.dtype, self.data, self.subtype = shape, dtype, data, subtype
+
+    def __reduce__(self):
+        return (_RECONSTRUCT, (self.subtype, (0,), b"b"), (1, self.shape, self.dtype, False, self.data))
+
+
+def test_damaged_pickles_are_read_or_rejected_never_crash(tmp_path):
+    """numpy's own unpickling trusts a dtype's flags and sizes: one byte changed there (a 6-item
+    state) killed the process with a segfault, losing the whole load; and one changed in a memo
+    index (LONG_BINPUT) made CPython's unpickler grow its memo to 12 GB and more, until the kernel
+    killed the process. Run in a child with its memory capped, so that a crash fails this test
+    rather than the suite or the machine."""
+    f8 = (3, "<", None, None, None, -1, -1, 0)
+    four = np.array([[0.0, 0.5], [0.25, -0.5]]).tobytes()
+    cases = {
+        "a_segfault": _PickledArray((2, 2), _PickledDtype("f8", (3, "<", 20046, -1, -1, 0)), four),
+        "a_objectflag": _PickledArray((2, 2), _PickledDtype("f8", f8[:-1] + (1,)), four),
+        "a_shortdata": _PickledArray((2, 3), _PickledDtype("f8", f8), four),
+        "a_hugeshape": _PickledArray((2**62, 2), _PickledDtype("f8", f8), four),
+        "a_badshape": _PickledArray((-2, 2), _PickledDtype("f8", f8), four),
+        "a_objects": _PickledArray((2, 2), _PickledDtype("O8", (3, "|", None, None, None, -1, -1, 63)),
+                                   [0.0, 0.5, 0.25, -0.5]),
+        "a_badorder": _PickledArray((2, 2), _PickledDtype("f8", (3, "?", None, None, None, -1, -1, 0)),
+                                    four),
+        "a_matrix": _PickledArray((2, 2), _PickledDtype("f8", f8), four, subtype=np.matrix),
+    }
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name, array in cases.items():
+        (folder / f"{name}.pickle").write_bytes(pickle.dumps({1: array, 2: GOOD[2]}, protocol=4))
+    # PROTO 4, EMPTY_DICT, LONG_BINPUT 1560497044 (as a damaged file had it), STOP
+    (folder / "a_memoindex.pickle").write_bytes(b"\x80\x04}r" + (1560497044).to_bytes(4, "little") + b".")
+    # PROTO 5, BYTEARRAY8 of 2**40 bytes, with 2 there
+    (folder / "a_bytearray.pickle").write_bytes(b"\x80\x05\x96" + (2**40).to_bytes(8, "little") + b"xx.")
+    child = ("import json, resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+             "from kana.strokes import load_raw_dir\n"
+             "report = load_raw_dir(sys.argv[1], any_stroke_count=True)\n"
+             "print(json.dumps({'read': {s.path: s.strokes[0].tolist() for s in report.samples},"
+             " 'rejected': {r.path: [r.reason, r.message] for r in report.rejections}}))")
+    done = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr  # nothing printed by numpy
+    report = json.loads(done.stdout)
+    # the flags and sizes numpy kept are not read: a type of numbers needs its name and byte order
+    assert report["read"] == {f"src/{n}.pickle": [[0.0, 0.5], [0.25, -0.5]] for n in ("a_segfault", "a_objectflag")}
+    rejected = {path.split("/")[1].split(".")[0]: reason_message for path, reason_message in report["rejected"].items()}
+    assert {name: reason for name, (reason, _) in rejected.items()} == {
+        "a_shortdata": "unreadable", "a_hugeshape": "unreadable", "a_badshape": "unreadable",
+        "a_objects": "bad_type", "a_badorder": "unreadable", "a_matrix": "refused_pickle",
+        "a_memoindex": "unreadable", "a_bytearray": "unreadable"}
+    assert "memo index 1560497044 at byte 3" in rejected["a_memoindex"][1]
+    assert "holds 32 bytes, not 48" in rejected["a_shortdata"][1]
+    assert "dtype 'O8', not numbers" in rejected["a_objects"][1]
+    assert all(f"{name}.pickle" in message for name, (_, message) in rejected.items())
+
+
+def test_zip_and_xml_bombs_are_refused_and_the_rest_kept(tmp_path):
+    """17 KB of gzip that unzips to 17 MB (16 MB of it would be 16 GB), and XML entities that
+    expand a billion-fold, each refused by name without taking the memory."""
+    from kana.strokes import MAX_FILE_BYTES
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "zipped.charcol.gz").write_bytes(gzip.compress(b"\0" * (MAX_FILE_BYTES + 1)))
+    entities = "".join(f'<!ENTITY e{i} "{f"&e{i - 1};" * 10}">' for i in range(1, 10))
+    (folder / "laughs.charcol").write_text(
+        f'<?xml version="1.0"?><!DOCTYPE c [<!ENTITY e0 "lol">{entities}]><character-collection>'
+        "<set><character><utf8>&e9;</utf8></character></set></character-collection>")
+    save_app_pickle(list(GOOD.values()), folder / "i0.pickle")
+    report = load_raw_dir(tmp_path)
+    assert [s.path for s in report.samples] == ["src/i0.pickle"]
+    rejected = {r.path: (r.reason, r.message) for r in report.rejections}
+    assert rejected["src/zipped.charcol.gz"] == (
+        "too_large", f"zipped.charcol.gz: unzips to more than {MAX_FILE_BYTES} bytes")
+    assert rejected["src/laughs.charcol"][0] == "unreadable" and "amplification" in rejected["src/laughs.charcol"][1]
+
+
 def test_truncated_and_garbage_pickles_are_unreadable(tmp_path):
     good = pickle.dumps(GOOD)
     (tmp_path / "a0.pickle").write_bytes(good[: len(good) // 2])
@@ -123,6 +234,7 @@ def test_object_dtype_array_is_not_numbers(tmp_path):
         ({float("inf"): [[0.0, 0.0]]}, "bad_structure"),
         ({1.0: [[0.0, 0.0]]}, "bad_structure"),
         ({1: [[1e9, 0.0]]}, "out_of_bounds"),
+        ({1: [[10**400, 0.0]]}, "out_of_bounds"),  # no float holds it
         ({1: [["a", 0.0]]}, "bad_type"),
         ({1: "strokes"}, "bad_structure"),
         ("abc", "bad_structure"),
@@ -219,6 +331,7 @@ def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path
     (bob / "i2.json").write_bytes("\ufeff".encode() + json.dumps({"1": [[0, 0.5], [0.2, 0.5]], "2": [[0, 0.3], [0, -0.6]]}).encode())
     (bob / "e.charcol").write_bytes(b'<?xml version="1.0" encoding="UTF-9"?><character-collection/>')
     (bob / "i3.pickle").write_bytes(pickle.dumps({float("inf"): GOOD[1], 2: GOOD[2]}))
+    (bob / "i4.json").write_text('{"1": [[0.5, ' + "9" * 5000 + "]]}")  # Python reads at most 4,300 digits
     report = load_raw_dir(tmp_path)
     assert sorted(s.path for s in report.samples) == ["bob/d.tdic#1", "bob/i2.json"]  # a BOM is fine
     rejected = {r.path: (r.reason, r.message) for r in report.rejections}
@@ -227,7 +340,9 @@ def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path
         "bob/i1.json": "unreadable",
         "bob/e.charcol": "unreadable",
         "bob/i3.pickle": "bad_structure",
+        "bob/i4.json": "unreadable",
     }
+    assert "4300 digits" in rejected["bob/i4.json"][1]
     assert "1O0" in rejected["bob/d.tdic#0"][1] and "nested too deeply" in rejected["bob/i1.json"][1]
     assert "UTF-9" in rejected["bob/e.charcol"][1] and "inf" in rejected["bob/i3.pickle"][1]
 
@@ -257,7 +372,7 @@ def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
                 '<stroke><point x="700" y="250"/><point x="750" y="600"/></stroke></strokes></character>'
                 "</set></character-collection>").encode()
     originals = {
-        "pickle": pickle.dumps(GOOD, protocol=4),
+        "pickle": [pickle.dumps(GOOD, protocol=protocol) for protocol in (2, 4, 5)],
         "json": json.dumps({k: v.tolist() for k, v in GOOD.items()}).encode(),
         "tdic": "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n".encode(),
         "charcol": good_xml,
@@ -268,6 +383,7 @@ def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
     folder.mkdir()
     for k in range(400):
         for suffix, data in originals.items():
+            data = data[k % len(data)] if isinstance(data, list) else data
             (folder / f"i{suffix[:2]}{k}.{suffix}").write_bytes(_mutated(data, rng))
     report = load_raw_dir(tmp_path, any_stroke_count=True)
     files = {path.split("#")[0] for path in [s.path for s in report.samples] + [r.path for r in report.rejections]}
