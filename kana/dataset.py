@@ -200,6 +200,23 @@ def _synthetic_samples(classes, per_class, seed, max_strokes, workers, progress)
     return samples
 
 
+def check_dataset_params(synthetic_per_class: int, seed: int, n_points: int, max_strokes: int | None,
+                         workers: int | None, max_gap: float) -> None:
+    """ValueError naming the first parameter out of range (a negative count of synthetic samples
+    made an empty dataset that training then picked up)."""
+    if not max_gap >= 0:  # NaN too
+        raise ValueError(f"max_gap must be 0 (off) or a positive share of the character's size, got {max_gap}")
+    for name, value, least, meaning in (
+        ("synthetic_per_class", synthetic_per_class, 0, "0 (raw samples alone) or more"),
+        ("seed", seed, 0, "0 or more"),
+        ("n_points", n_points, 2, "at least 2 (a stroke's direction needs two points)"),
+        ("max_strokes", max_strokes or 0, 0, "0 (the class set's most strokes) or more"),
+        ("workers", workers or 0, 0, "0 (one per core) or more"),
+    ):
+        if value < least:
+            raise ValueError(f"{name} must be {meaning}, got {value}")
+
+
 def build_dataset(
     raw_dir: str | Path | None,
     class_set: str = "all",
@@ -212,10 +229,10 @@ def build_dataset(
     max_gap: float = features.MAX_GAP,
 ) -> tuple[ProcessedDataset, LoadReport]:
     """Everything before a model sees a sample. Never raises for bad samples: they are reported
-    (in the manifest; the LoadReport returned holds what loading the raw files rejected).
+    (in the manifest; the LoadReport returned holds what loading the raw files rejected); raises
+    ValueError, naming the parameter, for a parameter out of range, before any work.
     `max_gap`: see `features.resample_samples` (0: the notebook's spline on the raw points)."""
-    if not max_gap >= 0:  # NaN too
-        raise ValueError(f"max_gap must be 0 (off) or a positive share of the character's size, got {max_gap}")
+    check_dataset_params(synthetic_per_class, seed, n_points, max_strokes, workers, max_gap)
     classes: list[KanaClass] = list(class_table.class_set(class_set))
     class_ids = [c.char_id for c in classes]
     label_of = {cid: i for i, cid in enumerate(class_ids)}
@@ -398,6 +415,7 @@ def preprocess(
         "max_gap": max_gap,
         "max_strokes": max_strokes or class_table.max_strokes(class_set),
     }
+    check_dataset_params(synthetic_per_class, seed, n_points, max_strokes, workers, max_gap)
     check_raw_dir(raw_dir)
     with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
         log_params(params)
@@ -428,6 +446,10 @@ def preprocess(
                 "n_sources": ds.manifest.loc[ds.manifest.reason == "", "source"].nunique(),
             }
         )
+        if not meta["n_samples_kept"]:  # fail the run: training takes the latest FINISHED dataset
+            why = (f"{len(rejected)} rejected, each printed above" if len(rejected) else
+                   f"no raw samples{f' in {raw_dir}' if raw_dir else ''}, synthetic_per_class 0")
+            raise ValueError(f"preprocess kept no samples ({why}): nothing to train on")
         kept = ds.manifest[ds.manifest.reason == ""]
         counts = kept.groupby(["char_id", "split"]).size().unstack(fill_value=0)
         counts = counts.reindex(index=meta["class_ids"], columns=list(SPLITS), fill_value=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from kana.features import MAX_GAP
+from kana.features import MAX_GAP, N_POINTS
 from kana.tracking import (CODE_DIGEST_TAG, code_digest, experiment_ids, git_commit, kana_run,
                            log_params)
 
@@ -77,11 +77,17 @@ def main(
     """Run the whole pipeline and print a table of the families and the champion.
     `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
     slower; see docs/experiments.md, "Rasters of 48 pixels")."""
-    from kana.dataset import check_raw_dir
+    from kana import classes
+    from kana.dataset import check_dataset_params, check_raw_dir
     from kana.strokes import check_raw_folder
-    from kana.training import check_raster_size
+    from kana.training import check_at_least, check_raster_size
 
-    check_raster_size(cnn_raster_size, "cnn_raster_size")  # before any step runs
+    # before any step runs: a typo found after preprocess would waste its minutes
+    check_raster_size(cnn_raster_size, "cnn_raster_size")
+    classes.class_set(class_set)  # an unknown name
+    check_dataset_params(synthetic_per_class, seed, N_POINTS, 0, 0, max_gap)
+    check_at_least(1, cnn_epochs=cnn_epochs, transfer_epochs=transfer_epochs, lstm_epochs=lstm_epochs,
+                   kanji_classes=kanji_classes, kanji_per_class=kanji_per_class, base_epochs=base_epochs)
     check_raw_dir(raw_dir)
     check_raw_folder("real_dir", real_dir)
     commit = git_commit()

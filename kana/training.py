@@ -269,6 +269,13 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return out
 
 
+def check_at_least(least: int, **values) -> None:
+    """ValueError naming the first parameter below `least`, before any run starts."""
+    for name, value in values.items():
+        if not value >= least:  # NaN too
+            raise ValueError(f"{name}: expected {least} or more, got {value}")
+
+
 def train_family(
     family: str,
     build_model,
@@ -297,6 +304,11 @@ def train_family(
 
     from kana import evaluation, plots
 
+    # epochs 0 or a negative learning rate FINISHED a run with an untrained or diverged model
+    check_at_least(1, epochs=epochs, batch_size=batch_size)
+    check_at_least(0, patience=patience, seed=seed)
+    if not 0 < learning_rate < float("inf"):
+        raise ValueError(f"learning_rate: expected a positive number, got {learning_rate}")
     check_raw_folder("real_dir", real_dir)
     ds, dataset_run_id = load_dataset(dataset_run_id or None)
     meta = ds.meta
@@ -464,6 +476,7 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     features.check_antialias(antialias)
     if directions:
         features.check_directions(directions)
+    check_at_least(1, dense_units=dense_units, filters=filters)
 
     def build(config, ds):
         shape = (config.raster_size,) * 2 + (1 + config.stroke_order + config.directions,)
@@ -516,6 +529,9 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                          "it needs augment=1")
     if encoding == "pen_path" and pen_path_points < 2:
         raise ValueError(f"pen_path_points: expected at least 2 points, got {pen_path_points}")
+    check_at_least(1, units=units, dense_units=dense_units, downsample=downsample)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout: expected a share from 0 up to 1, got {dropout}")
     options = {"fit_box": bool(fit_box),
                "pen_path_points": pen_path_points if encoding == "pen_path" else 0}
 
@@ -556,6 +572,9 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
     from kana.models import build_transfer
 
     features.check_antialias(antialias)
+    check_at_least(1, dense_units=dense_units, kanji_classes=kanji_classes,
+                   kanji_per_class=kanji_per_class, base_epochs=base_epochs, filters=filters)
+    check_at_least(0, frozen_blocks=frozen_blocks)
     if directions:
         features.check_directions(directions)
         if base_source != "kanjivg":

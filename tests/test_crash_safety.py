@@ -129,3 +129,20 @@ def test_main_reuses_a_step_only_if_the_same_kana_code_made_it(tmp_path, monkeyp
     assert _already_ran("preprocess", params, "def456") is None
     client.set_tag(run.info.run_id, CODE_DIGEST_TAG, "other-kana-code")
     assert _already_ran("preprocess", params, "abc123") is None
+
+
+def test_a_preprocess_that_keeps_no_samples_fails_and_is_never_picked_up(tmp_path, monkeypatch):
+    """A negative count of synthetic samples used to FINISH a run with an empty dataset, which
+    training then took as the latest; now bad parameters are refused before a run starts, and a
+    dataset with no samples fails its run."""
+    from kana.dataset import load_dataset, preprocess
+
+    exp = _store(tmp_path, monkeypatch, "empty")
+    with pytest.raises(ValueError, match="synthetic_per_class must be 0 .raw samples alone. or more, got -5"):
+        preprocess(raw_dir="", class_set="basic46", synthetic_per_class=-5)
+    assert MlflowClient().search_runs([exp]) == []  # refused before any run
+    with pytest.raises(ValueError, match="kept no samples .no raw samples, synthetic_per_class 0."):
+        preprocess(raw_dir="", class_set="basic46", synthetic_per_class=0)
+    assert [r.info.status for r in MlflowClient().search_runs([exp])] == ["FAILED"]
+    with pytest.raises(RuntimeError, match="no FINISHED preprocess run found"):
+        load_dataset()

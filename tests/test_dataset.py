@@ -137,3 +137,16 @@ def test_every_sample_is_resampled_with_the_datasets_gap_filling(raw_dir, monkey
 def test_a_gap_that_is_not_a_share_of_the_size_is_refused_by_name(gap):
     with pytest.raises(ValueError, match="max_gap"):
         build_dataset(None, "basic46", synthetic_per_class=1, seed=1, progress=False, max_gap=gap)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"synthetic_per_class": -1}, "synthetic_per_class must be 0 (raw samples alone) or more, got -1"),
+    ({"seed": -1}, "seed must be 0 or more, got -1"),
+    ({"n_points": 1}, "n_points must be at least 2"),
+    ({"max_strokes": -1}, "max_strokes must be 0 (the class set's most strokes) or more, got -1"),
+    ({"workers": -3}, "workers must be 0 (one per core) or more, got -3"),
+])
+def test_a_parameter_out_of_range_is_refused_by_name(change, message):
+    with pytest.raises(ValueError) as exc:
+        build_dataset(None, "basic46", **{"synthetic_per_class": 1, "seed": 1, "progress": False, **change})
+    assert message in str(exc.value)

@@ -197,6 +197,40 @@ def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp
     check_raw_dir("")
 
 
+@pytest.mark.parametrize("step, params, message", [
+    ("train_cnn", {"epochs": 0}, "epochs: expected 1 or more, got 0"),  # FINISHED untrained before
+    ("train_cnn", {"batch_size": 0}, "batch_size: expected 1 or more, got 0"),  # ZeroDivisionError
+    ("train_cnn", {"learning_rate": -1.0}, "learning_rate: expected a positive number, got -1.0"),
+    ("train_lstm", {"learning_rate": float("nan")}, "learning_rate: expected a positive number, got nan"),
+    ("train_cnn", {"patience": -1}, "patience: expected 0 or more, got -1"),
+    ("train_cnn", {"filters": 0}, "filters: expected 1 or more, got 0"),
+    ("train_lstm", {"seed": -4}, "seed: expected 0 or more, got -4"),
+    ("train_lstm", {"dropout": 1.0}, "dropout: expected a share from 0 up to 1, got 1.0"),
+    ("train_lstm", {"downsample": 0}, "downsample: expected 1 or more, got 0"),
+    ("train_transfer", {"kanji_classes": 0}, "kanji_classes: expected 1 or more, got 0"),
+    ("train_transfer", {"frozen_blocks": -1}, "frozen_blocks: expected 0 or more, got -1"),
+    ("main", {"lstm_epochs": 0}, "lstm_epochs: expected 1 or more, got 0"),
+    ("main", {"synthetic_per_class": -1}, "synthetic_per_class must be 0 (raw samples alone) or more"),
+    ("main", {"class_set": "basic64"}, "unknown class_set 'basic64'"),
+])
+def test_a_training_parameter_out_of_range_is_refused_by_name_before_any_run(step, params, message,
+                                                                          tmp_path, monkeypatch):
+    import mlflow
+
+    from kana import pipeline, training
+
+    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with pytest.raises(ValueError) as exc:
+            getattr(pipeline if step == "main" else training, step)(**params)
+        assert message in str(exc.value)
+        assert not (tmp_path / "mlflow.db").exists() or mlflow.search_runs(search_all_experiments=True).empty
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
     """Their kana_config.json and dataset.json have no max_gap: they were trained on the
     notebook's spline through the raw points, so they must keep it (0), not get the new default."""
