@@ -200,8 +200,9 @@ def _synthetic_samples(classes, per_class, seed, max_strokes, workers, progress)
     return samples
 
 
-def check_dataset_params(synthetic_per_class: int, seed: int, n_points: int, max_strokes: int | None,
-                         workers: int | None, max_gap: float) -> None:
+def check_dataset_params(synthetic_per_class: int, seed: int, max_gap: float,
+                         n_points: int = features.N_POINTS, max_strokes: int | None = None,
+                         workers: int | None = None) -> None:
     """ValueError naming the first parameter out of range (a negative count of synthetic samples
     made an empty dataset that training then picked up)."""
     if not max_gap >= 0:  # NaN too
@@ -232,7 +233,7 @@ def build_dataset(
     (in the manifest; the LoadReport returned holds what loading the raw files rejected); raises
     ValueError, naming the parameter, for a parameter out of range, before any work.
     `max_gap`: see `features.resample_samples` (0: the notebook's spline on the raw points)."""
-    check_dataset_params(synthetic_per_class, seed, n_points, max_strokes, workers, max_gap)
+    check_dataset_params(synthetic_per_class, seed, max_gap, n_points, max_strokes, workers)
     classes: list[KanaClass] = list(class_table.class_set(class_set))
     class_ids = [c.char_id for c in classes]
     label_of = {cid: i for i, cid in enumerate(class_ids)}
@@ -415,7 +416,7 @@ def preprocess(
         "max_gap": max_gap,
         "max_strokes": max_strokes or class_table.max_strokes(class_set),
     }
-    check_dataset_params(synthetic_per_class, seed, n_points, max_strokes, workers, max_gap)
+    check_dataset_params(synthetic_per_class, seed, max_gap, n_points, max_strokes, workers)
     check_raw_dir(raw_dir)
     with kana_run("preprocess", run_name=f"preprocess-{class_set}") as run:
         log_params(params)

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from kana.features import MAX_GAP, N_POINTS
+from kana.features import MAX_GAP
 from kana.tracking import (CODE_DIGEST_TAG, code_digest, experiment_ids, git_commit, kana_run,
                            log_params)
 
@@ -85,7 +85,7 @@ def main(
     # before any step runs: a typo found after preprocess would waste its minutes
     check_raster_size(cnn_raster_size, "cnn_raster_size")
     classes.class_set(class_set)  # an unknown name
-    check_dataset_params(synthetic_per_class, seed, N_POINTS, 0, 0, max_gap)
+    check_dataset_params(synthetic_per_class, seed, max_gap)  # main leaves the rest at their defaults
     check_at_least(1, cnn_epochs=cnn_epochs, transfer_epochs=transfer_epochs, lstm_epochs=lstm_epochs,
                    kanji_classes=kanji_classes, kanji_per_class=kanji_per_class, base_epochs=base_epochs)
     check_raw_dir(raw_dir)
