@@ -42,12 +42,25 @@ class ModelServerFailed(RuntimeError):
 
 
 class InProcessGuesser:
-    """The champion as a pyfunc in this process."""
+    """The champion as a pyfunc in this process. Its files are copied into a temporary folder
+    kept while the page runs (the models' child process, where one is used, starts from them)
+    and removed by `close`: loaded from a remote store without one, MLflow leaves its copy in
+    the temp folder for good."""
 
     def __init__(self, model_uri: str):
+        import tempfile
+
         import mlflow
 
-        self.model = mlflow.pyfunc.load_model(model_uri)
+        self._files = tempfile.TemporaryDirectory(prefix="kana-page-model-")
+        try:
+            self.model = mlflow.pyfunc.load_model(model_uri, dst_path=self._files.name)
+        except BaseException:
+            self._files.cleanup()
+            raise
+
+    def close(self) -> None:
+        self._files.cleanup()
 
     def guesses(self, sample: dict) -> list[dict]:
         from mlflow.exceptions import MlflowException
@@ -65,6 +78,9 @@ class RemoteGuesser:
     def __init__(self, server_url: str, timeout: float = 10.0):
         self.url = server_url.rstrip("/") + "/invocations"
         self.timeout = timeout
+
+    def close(self) -> None:
+        """Nothing to release: each guess is a request of its own."""
 
     def guesses(self, sample: dict) -> list[dict]:
         req = urllib.request.Request(
@@ -239,16 +255,19 @@ def serve_page(
     `mlflow models serve` at `server_url` when given. Saved drawings go under `raw_dir`."""
     guesser = RemoteGuesser(server_url) if server_url else InProcessGuesser(model_uri)
     try:
-        server = make_server(guesser, raw_dir, host, port, contributor or os.environ.get("USER", ""))
-    except OSError as exc:  # the port is taken, or the host is not this machine's
-        raise SystemExit(f"kana serve-page: cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                         "choose another --port or --host") from None
-    print(f"kana drawing page on http://{host}:{server.server_address[1]}/ "
-          f"(guesses from {server_url or model_uri}; drawings saved under {raw_dir})", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        try:
+            server = make_server(guesser, raw_dir, host, port, contributor or os.environ.get("USER", ""))
+        except OSError as exc:  # the port is taken, or the host is not this machine's
+            raise SystemExit(f"kana serve-page: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                             "choose another --port or --host") from None
+        print(f"kana drawing page on http://{host}:{server.server_address[1]}/ "
+              f"(guesses from {server_url or model_uri}; drawings saved under {raw_dir})", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
     finally:
-        server.server_close()
+        guesser.close()
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from kana.features import MAX_GAP
 from kana.tracking import (CODE_DIGEST_TAG, code_digest, experiment_ids, git_commit, kana_run,
-                           log_params)
+                           log_params, scratch_dir)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,10 +50,11 @@ def _get_or_run(entry_point: str, parameters: dict, commit: str | None, reuse: b
             return found
     print(f"running {entry_point} with {parameters}")
     experiment_id = mlflow.active_run().info.experiment_id
-    submitted = mlflow.run(
-        str(PROJECT_DIR), entry_point, parameters=parameters, env_manager="local",
-        experiment_id=experiment_id,
-    )
+    with scratch_dir() as storage:  # else MLflow Projects leaves an empty temp folder per step
+        submitted = mlflow.run(
+            str(PROJECT_DIR), entry_point, parameters=parameters, env_manager="local",
+            experiment_id=experiment_id, storage_dir=str(storage),
+        )
     return MlflowClient().get_run(submitted.run_id)
 
 

@@ -160,3 +160,12 @@ def run_artifact(run_id: str, artifact_path: str):
 def scratch_dir():
     with tempfile.TemporaryDirectory(prefix="kana-") as d:
         yield Path(d)
+
+
+def load_keras_model(model_uri: str):
+    """The Keras model at an MLflow URI, held in memory. Its files are downloaded into a temporary
+    folder removed once it is loaded: `mlflow.keras.load_model(uri)` alone copies a model from a
+    remote store (a team's tracking server) into a new temporary folder that nothing removes, so
+    each `train_transfer` left a copy of the kanji base behind."""
+    with scratch_dir() as tmp:
+        return mlflow.keras.load_model(model_uri, dst_path=str(tmp))

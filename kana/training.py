@@ -21,7 +21,7 @@ from kana import features
 from kana.classes import OFF_BY_ONE_WEIGHT, WRONG_COUNT_WEIGHT, apply_stroke_count_prior
 from kana.dataset import ProcessedDataset, featurize, load_dataset, raster_batch_to_input
 from kana.strokes import check_raw_folder
-from kana.tracking import kana_run, log_dataset_input, log_figure_png, log_params
+from kana.tracking import kana_run, load_keras_model, log_dataset_input, log_figure_png, log_params
 
 FAMILY_INPUT = {"cnn": "raster", "transfer": "raster", "lstm": "strokes", "lstm_path": "pen_path"}
 # train_lstm's encodings (its input kinds) -> their families
@@ -567,8 +567,6 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
     too (orientation channels need the strokes, so a KanjiVG base). With directions=4 this CNN
     made a fifth fewer errors, but the ensemble beside `train_cnn`'s gained nothing, so 0.
     """
-    import mlflow
-
     from kana.models import build_transfer
 
     features.check_antialias(antialias)
@@ -583,7 +581,7 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
     base_settings = kanji_base_settings(base_source, kanji_classes, kanji_per_class, base_epochs,
                                         filters, seed, antialias, directions)
     uri = base_model_uri or find_kanji_base(base_settings)
-    given_base = mlflow.keras.load_model(base_model_uri) if base_model_uri else None
+    given_base = load_keras_model(base_model_uri) if base_model_uri else None
     if given_base is not None and given_base.input_shape[-1] != 1 + directions:  # before any run starts
         raise ValueError(f"base_model_uri {base_model_uri} takes {given_base.input_shape[-1]} input "
                          f"channels; directions={directions} needs {1 + directions}")
@@ -592,7 +590,7 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
         nonlocal uri
         if not uri:
             uri = train_kanji_base(**base_settings)
-        base = given_base if given_base is not None else mlflow.keras.load_model(uri)
+        base = given_base if given_base is not None else load_keras_model(uri)
         return build_transfer(base, len(config.class_ids), frozen_blocks, dense_units)
 
     return train_family(

@@ -76,6 +76,11 @@ class Pipeline:
     real_dir: Path
     hostile_marker: Path
 
+    @property
+    def projects_dir(self) -> Path:
+        """Where a test's own `mlflow.projects.run` keeps its scratch (else an empty temp folder)."""
+        return self.tmp / "projects"
+
     def runs(self, entry_point: str):
         from mlflow.tracking import MlflowClient
 
@@ -106,6 +111,7 @@ def pipeline(tmp_path_factory) -> Pipeline:
         submitted = mlflow.projects.run(
             str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",
             parameters={**TINY, "raw_dir": str(raw_dir), "real_dir": str(real_dir)},
+            storage_dir=str(tmp / "projects"),
         )
     assert submitted.get_status() == "FINISHED"
     yield Pipeline(tmp, scratch, uri, experiment_id, submitted.run_id, raw_dir, real_dir, marker)

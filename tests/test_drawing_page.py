@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import threading
 import urllib.error
@@ -99,11 +100,12 @@ def _serve_in_thread(server):
 def page(pipeline, tmp_path_factory):
     """The page server in this process, guessing with the tiny pipeline's champion."""
     raw_dir = tmp_path_factory.mktemp("page-raw")
-    server = make_server(InProcessGuesser(f"models:/{MODEL_NAME}@champion"), raw_dir, port=0,
-                         contributor="tester")
+    guesser = InProcessGuesser(f"models:/{MODEL_NAME}@champion")
+    server = make_server(guesser, raw_dir, port=0, contributor="tester")
     yield _serve_in_thread(server), raw_dir
     server.shutdown()
     server.server_close()
+    guesser.close()
 
 
 def _call(url, payload=None, raw=None):
@@ -235,7 +237,7 @@ def test_api_guesses_like_the_pyfunc_and_refuses_bad_requests(page, pipeline):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     chromium = ensure_debian_packages("chromium", ["chromium", "chromium-driver", "fonts-ipafont-gothic"])
     driver_path = ensure_debian_packages("chromedriver", ["chromium-driver"])
     if not (chromium and driver_path):
@@ -248,7 +250,10 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1100,900", "--force-device-scale-factor=1"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    # Chromium's temp folders (its profile, its singleton socket) in ours, not left in /tmp
+    scratch = tmp_path_factory.mktemp("chromium-tmp")
+    driver = webdriver.Chrome(service=Service(driver_path, env={**os.environ, "TMPDIR": str(scratch)}),
+                              options=options)
     yield driver
     driver.quit()
 

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT_DIR, TINY, ensure_debian_packages, free_port, server_process
 from kana.classes import class_set, get_class
+from kana.drawing import InProcessGuesser
 from kana.synth import synthesize_sample
 
 PG_USER, PG_PASSWORD, PG_DB = "kana", "kana-test-password", "mlflow"
@@ -80,6 +81,7 @@ def tracking_server(postgres, tmp_path_factory):
         ["mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
          str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         f"{url}/health", artifacts.parent / "mlflow-server.log",
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as the README's command
     ):
         yield url, artifacts
 
@@ -89,6 +91,9 @@ def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tm
     backend_uri, bin_dir, pg_port = postgres
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("KANA_EXPERIMENT", "team")
+    scratch = tmp_path / "scratch"  # the temp folder of every process the pipeline runs
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     mlflow.set_tracking_uri(url)
     client = MlflowClient(url)
     experiment_id = client.create_experiment("team")  # artifacts: proxied by the server
@@ -97,19 +102,31 @@ def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tm
     submitted = mlflow.projects.run(
         str(PROJECT_DIR), "main", experiment_id=experiment_id, env_manager="local",
         parameters={**TINY, "model_name": MODEL, "raw_dir": ""},  # synthetic samples alone
+        storage_dir=str(tmp_path / "projects"),
     )
     assert submitted.get_status() == "FINISHED"
+    # from a remote store every artifact is downloaded; each download went in a folder removed
+    # afterwards (`train_transfer` left a copy of the kanji base in the temp folder for good)
+    left = [p for p in scratch.rglob("*") if not (p.is_file() and p.parent == scratch)]
+    assert sorted(str(p.relative_to(scratch)) for p in left) == []
     runs = client.search_runs([experiment_id])
     entry_points = sorted(r.data.tags.get("kana.entry_point", "") for r in runs)
     assert entry_points == sorted(["main", "preprocess", "train_cnn", "train_transfer", "kanji_base",
                                    "train_lstm", "register"])
     assert {r.info.status for r in runs} == {"FINISHED"}
 
-    # the champion, registered on the server and loaded back through it
+    # the champion, registered on the server and loaded back through it, as the drawing page
+    # loads it: its copy is kept while the page runs and removed when it stops
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    out = model.predict([synthesize_sample(get_class("a"), np.random.default_rng(0))])
+    page_scratch = tmp_path / "page-scratch"
+    page_scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(page_scratch))
+    guesser = InProcessGuesser(f"models:/{MODEL}@champion")
+    assert any(page_scratch.rglob("MLmodel"))
+    out = guesser.model.predict([synthesize_sample(get_class("a"), np.random.default_rng(0))])
     assert len(out) == 1 and out[0]["char_id"] in {c.char_id for c in class_set("basic46")}
+    guesser.close()
+    assert list(page_scratch.iterdir()) == []
 
     # everything went where a team expects it: runs and registry in PostgreSQL, files in the
     # server's artifact store (the client never wrote there itself)
