@@ -17,8 +17,11 @@ import json
 import os
 import pickle
 import re
+import signal
+import threading
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -263,11 +266,30 @@ def serve_page(
         print(f"kana drawing page on http://{host}:{server.server_address[1]}/ "
               f"(guesses from {server_url or model_uri}; drawings saved under {raw_dir})", flush=True)
         try:
-            server.serve_forever()
+            with _sigterm_stops_like_ctrl_c():
+                server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
             server.server_close()
     finally:
         guesser.close()
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """`kill` (or a service manager stopping the page) ends it as Ctrl-C does, through its
+    `finally`s, so the champion's temporary copy is removed. Only the main thread sets handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 

@@ -207,6 +207,32 @@ def test_a_port_in_use_is_named_with_what_to_do(tmp_path):
             serve_page(server_url="http://127.0.0.1:9", raw_dir=str(tmp_path), port=port)
 
 
+def test_the_page_stopped_by_sigterm_removes_its_copy_of_the_champion(pipeline, tmp_path):
+    """`kana serve-page` keeps the champion's files in a temporary folder while it runs; `kill` (a
+    service manager's stop) ends it as Ctrl-C does, so the folder goes with it."""
+    import signal
+    import sys
+
+    from conftest import server_process
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(scratch), "MLFLOW_TRACKING_URI": pipeline.tracking_uri}
+    with server_process(
+        [sys.executable, "-m", "kana.cli", "serve-page", "--model-uri", f"models:/{MODEL_NAME}@champion",
+         "--raw-dir", str(tmp_path / "raw"), "--port", str(port)],
+        f"http://127.0.0.1:{port}/api/classes", tmp_path / "page.log", env=env,
+    ) as proc:
+        status, body = _call(f"http://127.0.0.1:{port}/api/predict", {"strokes": KA})
+        assert status == 200 and len(body["guesses"]) == 5
+        (copy,) = scratch.glob("kana-page-model-*")
+        assert (copy / "MLmodel").is_file()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not copy.exists(), (tmp_path / "page.log").read_text()[-2000:]
+
+
 def test_api_guesses_like_the_pyfunc_and_refuses_bad_requests(page, pipeline):
     url, _ = page
     status, body = _call(f"{url}/api/predict", {"strokes": KA})
