@@ -121,6 +121,13 @@ def pipeline(tmp_path_factory) -> Pipeline:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+def left_in_temp_folder(scratch: Path) -> list[str]:
+    """What the processes that had `scratch` as their TMPDIR left there: anything but the files at
+    the top, which are other libraries' own (ONNX Runtime's `.ses`, one file, reused)."""
+    return sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*")
+                  if not (p.is_file() and p.parent == scratch))
+
+
 def ensure_debian_packages(binary: str, packages: list[str]) -> str | None:
     """The path of `binary`, installing its Debian `packages` first when it is missing and we can
     (root with apt-get, as on CI). None when it cannot be had; callers skip then."""

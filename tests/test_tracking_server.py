@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT_DIR, TINY, ensure_debian_packages, free_port, server_process
+from conftest import (PROJECT_DIR, TINY, ensure_debian_packages, free_port, left_in_temp_folder,
+                      server_process)
 from kana.classes import class_set, get_class
 from kana.drawing import InProcessGuesser
 from kana.synth import synthesize_sample
@@ -107,8 +108,7 @@ def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tm
     assert submitted.get_status() == "FINISHED"
     # from a remote store every artifact is downloaded; each download went in a folder removed
     # afterwards (`train_transfer` left a copy of the kanji base in the temp folder for good)
-    left = [p for p in scratch.rglob("*") if not (p.is_file() and p.parent == scratch)]
-    assert sorted(str(p.relative_to(scratch)) for p in left) == []
+    assert left_in_temp_folder(scratch) == []
     runs = client.search_runs([experiment_id])
     entry_points = sorted(r.data.tags.get("kana.entry_point", "") for r in runs)
     assert entry_points == sorted(["main", "preprocess", "train_cnn", "train_transfer", "kanji_base",
