@@ -21,7 +21,7 @@ import signal
 import threading
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -257,7 +257,7 @@ def serve_page(
     """Serve the drawing page. Guesses come from `model_uri` loaded in process, or from a running
     `mlflow models serve` at `server_url` when given. Saved drawings go under `raw_dir`."""
     guesser = RemoteGuesser(server_url) if server_url else InProcessGuesser(model_uri)
-    try:
+    with closing(guesser):
         try:
             server = make_server(guesser, raw_dir, host, port, contributor or os.environ.get("USER", ""))
         except OSError as exc:  # the port is taken, or the host is not this machine's
@@ -272,8 +272,6 @@ def serve_page(
             pass
         finally:
             server.server_close()
-    finally:
-        guesser.close()
 
 
 @contextmanager

@@ -100,10 +100,10 @@ def _checked_array_layout(shape, dtype, data) -> tuple[tuple[int, ...], np.dtype
     if not isinstance(data, (bytes, bytearray)):
         raise pickle.UnpicklingError(f"numpy array data is {type(data).__name__}, not bytes")
     data = bytes(data)
-    if len(data) != math.prod(shape) * dtype.dtype.itemsize:
+    expected = math.prod(shape) * dtype.dtype.itemsize
+    if len(data) != expected:
         raise pickle.UnpicklingError(
-            f"numpy array of shape {shape} {dtype.dtype} holds {len(data)} bytes, not "
-            f"{math.prod(shape) * dtype.dtype.itemsize}")
+            f"numpy array of shape {shape} {dtype.dtype} holds {len(data)} bytes, not {expected}")
     return shape, dtype.dtype, data
 
 
