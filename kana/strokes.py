@@ -39,9 +39,10 @@ MAX_STROKES = 64
 MAX_POINTS_PER_STROKE = 5000
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
-RAW_SUFFIXES = (".pickle", ".pkl", ".json", ".charcol", ".charcol.gz", ".tdic")
+RAW_SUFFIXES = (".pickle", ".pkl", ".json", ".jsonl", ".charcol", ".charcol.gz", ".tdic")
 
 _CHAR_TO_ID = {c.character: c.char_id for c in ALL_CLASSES}
+_ID_TO_CHAR = {c.char_id: c.character for c in ALL_CLASSES}
 
 
 class InvalidSample(ValueError):
@@ -198,7 +199,10 @@ def check_pickle_opcodes(data: bytes) -> None:
 def safe_unpickle(data: bytes):
     """Unpickle untrusted bytes with `SafeUnpickler`, after `check_pickle_opcodes`."""
     check_pickle_opcodes(data)
-    return SafeUnpickler(io.BytesIO(data)).load()
+    # latin1: Python 2 pickled an array's bytes as its `str`, which Python 3 reads as text; latin1
+    # maps each byte to one character and back (numpy's advice for Python 2 pickles), where the
+    # default ASCII refuses any byte over 127, as nearly every float array has.
+    return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
 # --------------------------------------------------------------------------- parsing
@@ -208,9 +212,10 @@ def parse_strokes(obj, where: str = "sample") -> Strokes:
     """Turn any accepted sample shape into a list of (N, 2) float64 strokes in drawing order.
 
     Accepted: the app's dict `{1: ndarray (N, 2), ...}` (int or numeric string keys, sorted
-    numerically), a list of strokes, or `{"strokes": [...]}`. Raises InvalidSample naming `where`.
+    numerically), a list of strokes, or `{"strokes": [...]}` (a labelled record: other fields, such
+    as "char_id", are ignored). Raises InvalidSample naming `where`.
     """
-    if isinstance(obj, Mapping) and "strokes" in obj and len(obj) <= 3:
+    if isinstance(obj, Mapping) and "strokes" in obj:
         obj = obj["strokes"]
     if isinstance(obj, Mapping):
         keyed = []
@@ -449,6 +454,56 @@ def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, ob
             yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
 
 
+def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
+    """JSON Lines (`.jsonl`), a sample an object a line, as `../shared`'s real handwriting is shared:
+    `{"char_id": "a", "character": "あ", "strokes": [[[x, y], ...], ...]}` in the app's
+    coordinates, its class by `char_id` or `character` (both, if given, must agree); other fields,
+    such as "source", are ignored (the folder is the source). Blank lines are skipped; a bad line
+    loses only itself, named `#k` with its line number."""
+    try:
+        text = _read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidSample("unreadable", f"{path.name}: not UTF-8 ({exc})") from None
+    k = 0
+    # "\n" is JSON Lines' separator (str.splitlines would also split at a U+2028 inside a string)
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name}#{k} (line {number})"
+        k += 1
+        try:
+            record = json.loads(line)
+            if not isinstance(record, Mapping):
+                raise InvalidSample("bad_structure", f'{where}: expected an object with "strokes", '
+                                    f"got {type(record).__name__}")
+            if "strokes" not in record:
+                raise InvalidSample("bad_structure", f'{where}: has no "strokes" field')
+            yield _record_char_id(record, where), parse_strokes(record["strokes"], where)
+        except InvalidSample as exc:
+            yield None, exc
+        except ValueError as exc:  # not JSON, or a number of over 4,300 digits
+            yield None, InvalidSample("unreadable", f"{where}: not valid JSON ({exc})")
+        except RecursionError:
+            yield None, InvalidSample("unreadable", f"{where}: JSON nested too deeply to read")
+
+
+def _record_char_id(record: Mapping, where: str) -> str:
+    """The class of a labelled record: its `char_id`, or the class of its `character`."""
+    char_id, character = record.get("char_id"), record.get("character")
+    if char_id is None and character is None:
+        raise InvalidSample("unknown_char_id", f'{where}: has neither "char_id" nor "character"')
+    if char_id is not None:
+        if not isinstance(char_id, str) or char_id not in _ID_TO_CHAR:
+            raise InvalidSample("unknown_char_id", f"{where}: char_id {char_id!r} is not a class")
+        if character is not None and character != _ID_TO_CHAR[char_id]:
+            raise InvalidSample("bad_structure", f"{where}: char_id {char_id!r} is "
+                                f"{_ID_TO_CHAR[char_id]}, but character is {character!r}")
+        return char_id
+    if not isinstance(character, str):
+        raise InvalidSample("unknown_char_id", f"{where}: character {character!r} is not a class")
+    return _id_for_character(character, where)
+
+
 def _tdic_points(text: str, half: float) -> list[tuple[float, float]]:
     """`(x y) (x y) ...` after a Tomoe stroke line's first parenthesis, flipped to y up."""
     points = []
@@ -457,6 +512,12 @@ def _tdic_points(text: str, half: float) -> list[tuple[float, float]]:
         if len(nums) == 2:
             points.append((float(nums[0]) / half - 1.0, 1.0 - float(nums[1]) / half))
     return points
+
+
+# Files of many samples each, and their readers: each yields (char_id, strokes) or
+# (None, InvalidSample) per sample, so one bad sample does not lose the rest of the file.
+COLLECTION_READERS = {".charcol": read_tegaki_charcol, ".charcol.gz": read_tegaki_charcol,
+                      ".tdic": read_tomoe_tdic, ".jsonl": read_json_lines}
 
 
 def iter_raw_files(raw_dir: Path) -> Iterator[Path]:
@@ -509,9 +570,9 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
         source = source_of(path, raw_dir)
         name = path.relative_to(raw_dir).as_posix()
         lower = path.name.lower()
+        reader = next((r for suffix, r in COLLECTION_READERS.items() if lower.endswith(suffix)), None)
         try:
-            if lower.endswith((".charcol", ".charcol.gz", ".tdic")):
-                reader = read_tomoe_tdic if lower.endswith(".tdic") else read_tegaki_charcol
+            if reader is not None:
                 read = 0
                 for k, (cid, result) in enumerate(reader(path)):
                     _accept(report, result, cid, source, f"{name}#{k}", class_ids, any_stroke_count)
@@ -526,10 +587,9 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
                 )
             loader = load_json_sample if lower.endswith(".json") else load_pickle_sample
             _accept(report, loader(path), cid, source, name, class_ids, any_stroke_count)
-        except InvalidSample as exc:
-            report.rejections.append(
-                Rejection(name, source, char_id_from_filename(path.name), exc.reason, str(exc))
-            )
+        except InvalidSample as exc:  # a collection's name says nothing of its classes
+            cid = None if reader is not None else char_id_from_filename(path.name)
+            report.rejections.append(Rejection(name, source, cid, exc.reason, str(exc)))
         except OSError as exc:
             report.rejections.append(Rejection(name, source, None, "unreadable", f"{name}: {exc}"))
     return report

@@ -1,11 +1,14 @@
 """Raw data in: the app's pickles read safely, the other formats, validation, bad input."""
 
 import gzip
+import io
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +105,35 @@ def test_pickles_of_every_protocol_and_array_layout_are_read(tmp_path, protocol)
     read = load_pickle_sample(path)
     for got, expected in zip(read, strokes.values()):
         np.testing.assert_array_equal(got, np.asarray(expected, dtype=np.float64).reshape(-1, 2))
+        assert type(got) is np.ndarray and got.dtype == np.float64
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2 did at protocol 2, the app's format under a Python 2 Kivy: byte strings
+    (an array's data, numpy's `b"b"`) as its `str` opcodes, which Python 3 reads back as text."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        self.write((pickle.SHORT_BINSTRING + bytes([len(obj)]) if len(obj) < 256
+                    else pickle.BINSTRING + struct.pack("<i", len(obj))) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def test_python_2_pickles_are_read(tmp_path):
+    """Nearly every float array has bytes over 127, which Python 3's default (ASCII) refused."""
+    strokes = {1: GOOD[1] + 0.1, 2: np.linspace([-0.9, 0.9], [0.9, -0.9], 300), 3: np.float64([[0.3, 0.7]])}
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(strokes)
+    written = buffer.getvalue()
+    assert b"_codecs" not in written and pickle.BINSTRING + struct.pack("<i", 300 * 2 * 8) in written
+    path = tmp_path / "a0.pickle"
+    path.write_bytes(buffer.getvalue())
+    read = load_pickle_sample(path)
+    for got, expected in zip(read, strokes.values(), strict=True):
+        np.testing.assert_array_equal(got, expected)
         assert type(got) is np.ndarray and got.dtype == np.float64
 
 
@@ -252,13 +284,14 @@ def test_parse_rejects_bad_samples_with_a_reason(sample, reason):
 
 def test_parse_accepts_every_documented_shape():
     as_lists = [[[-0.5, 0.5], [0.5, 0.5]], [[0.0, 0.8], [0.0, -0.8]]]
-    shapes = [GOOD, {"2": as_lists[1], "1": as_lists[0]}, as_lists, {"strokes": as_lists},
+    labelled = {"source": "tomoe", "char_id": "i", "character": "い", "strokes": as_lists}  # a .jsonl line
+    shapes = [GOOD, {"2": as_lists[1], "1": as_lists[0]}, as_lists, {"strokes": as_lists}, labelled,
               {1: [[0, 0], [1, 1]], 2: [[0, 1]]}]
-    for s in shapes[:4]:
+    for s in shapes[:5]:
         parsed = parse_strokes(s)
         np.testing.assert_allclose(parsed[0], as_lists[0])
         np.testing.assert_allclose(parsed[1], as_lists[1])
-    assert parse_strokes(shapes[4])[0].dtype == np.float64  # integers are fine
+    assert parse_strokes(shapes[5])[0].dtype == np.float64  # integers are fine
 
 
 def test_numeric_keys_sort_numerically():
@@ -347,6 +380,77 @@ def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path
     assert "UTF-9" in rejected["bob/e.charcol"][1] and "inf" in rejected["bob/i3.pickle"][1]
 
 
+def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tmp_path):
+    carol = tmp_path / "carol"
+    carol.mkdir()
+    i_strokes = [[[0, 0.5], [0.2, 0.5]], [[0, 0.3], [0, -0.6]]]
+    lines = [
+        json.dumps({"source": "pen", "char_id": "i", "character": "い", "strokes": i_strokes}),
+        json.dumps({"character": "い", "strokes": {"1": i_strokes[0], "2": i_strokes[1]}, "note": "\u2028"},
+                   ensure_ascii=False),  # a line separator inside a string does not end the line
+        "",
+        json.dumps({"char_id": "i", "strokes": i_strokes[:1]}),  # a count off the table
+        json.dumps({"char_id": "zz", "strokes": i_strokes}),
+        json.dumps({"char_id": "i", "character": "う", "strokes": i_strokes}),
+        json.dumps({"strokes": i_strokes}),
+        json.dumps(i_strokes),
+        json.dumps({"char_id": "i", "strokes": [[], i_strokes[1]]}),
+        '{"char_id": "i", "strokes": [[[0, 0.5]',
+        json.dumps({"char_id": "i", "strokes": i_strokes}),
+        json.dumps({"char_id": "i", "points": i_strokes}),
+    ]
+    (carol / "pen.jsonl").write_text("\r\n".join(lines) + "\n", encoding="utf-8")
+    (carol / "utf16.jsonl").write_bytes('{"character": "\u3044"}'.encode("utf-16"))
+    (carol / "empty.jsonl").write_text("\n\n")
+    report = load_raw_dir(tmp_path)
+    assert sorted(s.path for s in report.samples) == ["carol/pen.jsonl#0", "carol/pen.jsonl#1", "carol/pen.jsonl#9"]
+    assert {s.char_id for s in report.samples} == {"i"} and {s.source for s in report.samples} == {"carol"}
+    np.testing.assert_allclose(report.samples[1].strokes[1], i_strokes[1])
+    rejected = {r.path: (r.reason, r.message) for r in report.rejections}
+    assert {path: reason for path, (reason, _) in rejected.items()} == {
+        "carol/pen.jsonl#2": "wrong_stroke_count",
+        "carol/pen.jsonl#3": "unknown_char_id",
+        "carol/pen.jsonl#4": "bad_structure",
+        "carol/pen.jsonl#5": "unknown_char_id",
+        "carol/pen.jsonl#6": "bad_structure",
+        "carol/pen.jsonl#7": "empty_stroke",
+        "carol/pen.jsonl#8": "unreadable",
+        "carol/pen.jsonl#10": "bad_structure",
+        "carol/utf16.jsonl": "unreadable",
+        "carol/empty.jsonl": "empty_sample",
+    }
+    assert rejected["carol/pen.jsonl#3"][1] == "pen.jsonl#3 (line 5): char_id 'zz' is not a class"
+    assert rejected["carol/pen.jsonl#4"][1] == "pen.jsonl#4 (line 6): char_id 'i' is い, but character is 'う'"
+    assert 'neither "char_id" nor "character"' in rejected["carol/pen.jsonl#5"][1]
+    assert rejected["carol/pen.jsonl#6"][1] == 'pen.jsonl#6 (line 8): expected an object with "strokes", got list'
+    assert "(line 9): stroke 1: has no points" in rejected["carol/pen.jsonl#7"][1]
+    assert "(line 10): not valid JSON" in rejected["carol/pen.jsonl#8"][1]
+    assert rejected["carol/pen.jsonl#10"][1] == 'pen.jsonl#10 (line 12): has no "strokes" field'
+    assert "not UTF-8" in rejected["carol/utf16.jsonl"][1]
+    assert all(r.char_id is None for r in report.rejections if "#" not in r.path)  # not "e", "u" from their names
+    scored = load_raw_dir(tmp_path, any_stroke_count=True)  # as `real_dir` reads
+    assert "carol/pen.jsonl#2" in {s.path for s in scored.samples}
+
+
+TOMOE = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_real"
+
+
+@pytest.mark.skipif(not TOMOE.is_dir(), reason="../shared is not beside the checkout")
+def test_the_shared_tomoe_json_lines_read_as_their_pickles(tmp_path):
+    """`../shared` ships Tomoe's templates both ways: one `.jsonl`, and a pickle each."""
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "lines" / "tomoe.jsonl").write_bytes((TOMOE / "tomoe_hiragana.jsonl").read_bytes())
+    from_lines = load_raw_dir(tmp_path, any_stroke_count=True)
+    from_pickles = load_raw_dir(TOMOE / "tomoe_raw", any_stroke_count=True)
+    assert not from_lines.rejections and not from_pickles.rejections
+    assert len(from_lines.samples) == len(from_pickles.samples) == 47
+    for line, pickled in zip(from_lines.samples, sorted(from_pickles.samples, key=lambda s: s.path[-12:]),
+                             strict=True):
+        assert line.char_id == pickled.char_id
+        for a, b in zip(line.strokes, pickled.strokes, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-12)
+
+
 def _mutated(data: bytes, rng: np.random.Generator) -> bytes:
     """`data` with a few bytes changed, cut, or spliced with something a parser chokes on."""
     out = bytearray(data)
@@ -377,6 +481,7 @@ def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
         "tdic": "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n".encode(),
         "charcol": good_xml,
         "charcol.gz": gzip.compress(good_xml),
+        "jsonl": (json.dumps({"char_id": "i", "strokes": [v.tolist() for v in GOOD.values()]}) + "\n") .encode() * 2,
     }
     rng = np.random.default_rng(7)
     folder = tmp_path / "src"
