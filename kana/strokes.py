@@ -458,33 +458,38 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
     """JSON Lines (`.jsonl`), a sample an object a line, as `../shared`'s real handwriting is shared:
     `{"char_id": "a", "character": "あ", "strokes": [[[x, y], ...], ...]}` in the app's
     coordinates, its class by `char_id` or `character` (both, if given, must agree); other fields,
-    such as "source", are ignored (the folder is the source). Blank lines are skipped; a bad line
-    loses only itself, named `#k` with its line number."""
-    try:
-        text = _read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidSample("unreadable", f"{path.name}: not UTF-8 ({exc})") from None
+    such as "source", are ignored (the folder is the source). Read a line at a time, so a file of a
+    whole data set may be any size, each line (a sample) at most MAX_FILE_BYTES. Blank lines are
+    skipped; a bad line loses only itself, named `#k` with its line number."""
     k = 0
-    # "\n" is JSON Lines' separator (str.splitlines would also split at a U+2028 inside a string)
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path.name}#{k} (line {number})"
-        k += 1
-        try:
-            record = json.loads(line)
-            if not isinstance(record, Mapping):
-                raise InvalidSample("bad_structure", f'{where}: expected an object with "strokes", '
-                                    f"got {type(record).__name__}")
-            if "strokes" not in record:
-                raise InvalidSample("bad_structure", f'{where}: has no "strokes" field')
-            yield _record_char_id(record, where), parse_strokes(record["strokes"], where)
-        except InvalidSample as exc:
-            yield None, exc
-        except ValueError as exc:  # not JSON, or a number of over 4,300 digits
-            yield None, InvalidSample("unreadable", f"{where}: not valid JSON ({exc})")
-        except RecursionError:
-            yield None, InvalidSample("unreadable", f"{where}: JSON nested too deeply to read")
+    with open(path, "rb") as fh:
+        # b"\n" is JSON Lines' separator (str.splitlines would also split at a U+2028 in a string)
+        for number, line in enumerate(iter(lambda: fh.readline(MAX_FILE_BYTES + 1), b""), 1):
+            if not line.strip():
+                continue
+            where = f"{path.name}#{k} (line {number})"
+            k += 1
+            if len(line) > MAX_FILE_BYTES:
+                while line and not line.endswith(b"\n"):  # the rest of the line, a piece at a time
+                    line = fh.readline(1 << 20)
+                yield None, InvalidSample("too_large", f"{where}: a line of over {MAX_FILE_BYTES} bytes")
+                continue
+            try:
+                record = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
+                if not isinstance(record, Mapping):
+                    raise InvalidSample("bad_structure", f'{where}: expected an object with "strokes", '
+                                        f"got {type(record).__name__}")
+                if "strokes" not in record:
+                    raise InvalidSample("bad_structure", f'{where}: has no "strokes" field')
+                yield _record_char_id(record, where), parse_strokes(record["strokes"], where)
+            except InvalidSample as exc:
+                yield None, exc
+            except UnicodeDecodeError as exc:
+                yield None, InvalidSample("unreadable", f"{where}: not UTF-8 ({exc})")
+            except ValueError as exc:  # not JSON, or a number of over 4,300 digits
+                yield None, InvalidSample("unreadable", f"{where}: not valid JSON ({exc})")
+            except RecursionError:
+                yield None, InvalidSample("unreadable", f"{where}: JSON nested too deeply to read")
 
 
 def _record_char_id(record: Mapping, where: str) -> str:

@@ -416,7 +416,7 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
         "carol/pen.jsonl#7": "empty_stroke",
         "carol/pen.jsonl#8": "unreadable",
         "carol/pen.jsonl#10": "bad_structure",
-        "carol/utf16.jsonl": "unreadable",
+        "carol/utf16.jsonl#0": "unreadable",
         "carol/empty.jsonl": "empty_sample",
     }
     assert rejected["carol/pen.jsonl#3"][1] == "pen.jsonl#3 (line 5): char_id 'zz' is not a class"
@@ -426,10 +426,25 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
     assert "(line 9): stroke 1: has no points" in rejected["carol/pen.jsonl#7"][1]
     assert "(line 10): not valid JSON" in rejected["carol/pen.jsonl#8"][1]
     assert rejected["carol/pen.jsonl#10"][1] == 'pen.jsonl#10 (line 12): has no "strokes" field'
-    assert "not UTF-8" in rejected["carol/utf16.jsonl"][1]
-    assert all(r.char_id is None for r in report.rejections if "#" not in r.path)  # not "e", "u" from their names
+    assert "(line 1): not UTF-8" in rejected["carol/utf16.jsonl#0"][1]
+    assert rejected["carol/empty.jsonl"] == ("empty_sample", "carol/empty.jsonl: holds no characters")
+    classes = {r.path: r.char_id for r in report.rejections}
+    assert classes["carol/empty.jsonl"] is None and classes["carol/pen.jsonl#2"] == "i"  # not "e", from its name
     scored = load_raw_dir(tmp_path, any_stroke_count=True)  # as `real_dir` reads
     assert "carol/pen.jsonl#2" in {s.path for s in scored.samples}
+
+
+def test_a_json_lines_file_may_be_any_size_and_a_line_too_large_loses_only_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr("kana.strokes.MAX_FILE_BYTES", 1000)  # 16 MiB, a sample's most
+    good = json.dumps({"char_id": "i", "strokes": [[[0, 0.5], [0.2, 0.5]], [[0, 0.3], [0, -0.6]]]})
+    lines = [good] * 20 + [json.dumps({"char_id": "i", "strokes": [[[0.1, 0.1]] * 200] * 2})] + [good] * 3
+    (tmp_path / "dave").mkdir()
+    (tmp_path / "dave" / "many.jsonl").write_text("\n".join(lines))  # no newline at the end
+    assert (tmp_path / "dave" / "many.jsonl").stat().st_size > 3000 and len(lines[20]) > 3000
+    report = load_raw_dir(tmp_path)
+    assert len(report.samples) == 23 and report.samples[-1].path == "dave/many.jsonl#23"
+    assert [(r.path, r.reason, r.message) for r in report.rejections] == [
+        ("dave/many.jsonl#20", "too_large", "many.jsonl#20 (line 21): a line of over 1000 bytes")]
 
 
 TOMOE = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_real"
