@@ -36,6 +36,8 @@ from kana.strokes import (
     Rejection,
     check_raw_folder,
     check_stroke_count,
+    describe_not_read,
+    files_not_read,
     iter_raw_files,
     load_raw_files,
     parse_strokes,
@@ -333,7 +335,7 @@ def build_dataset(
     }
     ds = ProcessedDataset(meta, rasters, points, offsets, labels, split, manifest)
     ds.meta["digest"] = dataset_digest(ds)
-    return ds, LoadReport(rejections=load_rejections)
+    return ds, LoadReport(rejections=load_rejections, not_read=files_not_read(Path(raw_dir)) if raw_dir else [])
 
 
 def dataset_digest(ds: ProcessedDataset) -> str:
@@ -423,7 +425,7 @@ def preprocess(
         if raw_dir and not Path(raw_dir).is_dir():
             print(f"raw_dir {raw_dir!r} does not exist: using synthetic samples only")
             raw_dir = ""
-        ds, _ = build_dataset(
+        ds, loaded = build_dataset(
             raw_dir or None,
             class_set,
             synthetic_per_class,
@@ -437,6 +439,9 @@ def preprocess(
         rejected = ds.manifest[ds.manifest.reason != ""]
         for row in rejected.itertuples():
             print(f"rejected {row.path}: {row.reason}: {row.message}")
+        if loaded.not_read:
+            print(describe_not_read(raw_dir, loaded.not_read))
+            mlflow.log_text("\n".join(loaded.not_read) + "\n", "files_not_read.txt")
         mlflow.log_param("dataset_digest", meta["digest"])
         mlflow.log_metrics(
             {
@@ -445,6 +450,7 @@ def preprocess(
                 **{f"n_{k}": v for k, v in meta["split_sizes"].items()},
                 **{f"dropped_{reason}": n for reason, n in meta["dropped"].items()},
                 "n_sources": ds.manifest.loc[ds.manifest.reason == "", "source"].nunique(),
+                "n_files_not_read": len(loaded.not_read),
             }
         )
         if not meta["n_samples_kept"]:  # fail the run: training takes the latest FINISHED dataset

@@ -339,6 +339,7 @@ class Rejection:
 class LoadReport:
     samples: list[RawSample] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    not_read: list[str] = field(default_factory=list)  # `files_not_read`
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -537,6 +538,24 @@ def iter_raw_files(raw_dir: Path) -> Iterator[Path]:
         yield path
 
 
+def files_not_read(raw_dir: Path) -> list[str]:
+    """The files under `raw_dir` in no format kana reads (hidden ones, such as .DS_Store, aside),
+    by their paths under it: reported, so that samples saved as `.npy` or `.txt` are not left out
+    unseen."""
+    if not raw_dir.is_dir():
+        return []
+    return [rel.as_posix() for rel in (p.relative_to(raw_dir) for p in sorted(raw_dir.rglob("*")))
+            if not rel.name.lower().endswith(RAW_SUFFIXES) and (raw_dir / rel).is_file()
+            and not any(part.startswith(".") for part in rel.parts)]
+
+
+def describe_not_read(raw_dir, not_read: list[str], shown: int = 10) -> str:
+    """One line naming the files `files_not_read` found (the first `shown` of them)."""
+    names = ", ".join(not_read[:shown]) + (f" and {len(not_read) - shown} more" if len(not_read) > shown else "")
+    return (f"not read: {len(not_read)} file(s) under {raw_dir} in no format kana reads "
+            f"({' '.join(RAW_SUFFIXES)}): {names}")
+
+
 def source_of(path: Path, raw_dir: Path) -> str:
     """The contributor/device folder a file sits in (its first folder under raw_dir)."""
     rel = path.relative_to(raw_dir)
@@ -563,7 +582,9 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     raw_dir = Path(raw_dir)
     if not raw_dir.exists():
         return LoadReport()
-    return load_raw_files(raw_dir, list(iter_raw_files(raw_dir)), class_ids, any_stroke_count)
+    report = load_raw_files(raw_dir, list(iter_raw_files(raw_dir)), class_ids, any_stroke_count)
+    report.not_read = files_not_read(raw_dir)
+    return report
 
 
 def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None = None,

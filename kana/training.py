@@ -418,9 +418,11 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
 
     from kana import evaluation
     from kana.classes import get_class
-    from kana.strokes import load_raw_dir
+    from kana.strokes import describe_not_read, load_raw_dir
 
     report = load_raw_dir(Path(real_dir), set(config.class_ids), any_stroke_count=True)
+    if report.not_read:
+        print(describe_not_read(real_dir, report.not_read))
     label_of = {c: i for i, c in enumerate(config.class_ids)}
     if not report.samples:
         print(f"real_dir {real_dir}: no usable samples")

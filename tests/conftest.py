@@ -62,6 +62,7 @@ def write_raw_data(root: Path, seed: int, per_class: int, hostile_marker: Path |
         (root / "mallory").mkdir(parents=True, exist_ok=True)
         (root / "mallory" / "a00001.pickle").write_bytes(pickle.dumps({1: _Payload(hostile_marker)}))
         (root / "mallory" / "i00001.pickle").write_bytes(b"\x80\x04truncated")
+        (root / "mallory" / "u00001.npy").write_bytes(b"\x93NUMPY")  # no format kana reads
     return root
 
 

@@ -43,13 +43,14 @@ def test_preprocess_logged_the_dataset_and_its_report(pipeline, tmp_path):
     m, p = run.data.metrics, run.data.params
     assert m["n_samples_kept"] == 46 * TINY["synthetic_per_class"] + 46 * 2
     assert m["dropped_refused_pickle"] == 1 and m["dropped_unreadable"] == 1
+    assert m["n_files_not_read"] == 1  # mallory/u00001.npy, listed in files_not_read.txt
     assert m["n_train"] + m["n_val"] + m["n_test"] == m["n_samples_kept"]
     assert p["class_set"] == "basic46" and len(p["dataset_digest"]) == 16
     assert not pipeline.hostile_marker.exists()
     files = _artifacts(client, run.info.run_id)
     for name in ("dataset/arrays.npz", "dataset/manifest.csv", "dataset/dataset.json",
                  "class_balance.png", "samples_grid.png", "per_class_counts.csv",
-                 "dropped_per_reason_and_class.csv"):
+                 "dropped_per_reason_and_class.csv", "files_not_read.txt"):
         assert name in files
     manifest = pd.read_csv(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="dataset/manifest.csv", dst_path=tmp_path),

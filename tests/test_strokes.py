@@ -321,7 +321,10 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     (alice / "a9.pickle").write_bytes(pickle.dumps({1: _Payload(tmp_path / "pwned")}))
     (alice / "u1.json").write_text(json.dumps({"1": [[0, 0.5], [0.2, 0.5]], "2": [[0, 0.3], [0, -0.6]]}))
     (alice / "u2.json").write_bytes(b"{not json")
-    (alice / "notes.txt").write_text("ignored: not a raw format")
+    (alice / "notes.txt").write_text("ignored: not a raw format, but named")
+    (alice / ".DS_Store").write_bytes(b"\0")  # hidden: not named
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / ".git" / "objects" / "ab12").write_bytes(b"\0")
     # Tomoe dictionary (320x320, y down): one good い and one character that is no class
     (alice / "hira.tdic").write_text(
         "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\nX\n:1\n:2 (1 1) (2 2)\n", encoding="utf-8"
@@ -341,6 +344,7 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
         "alice/c.charcol.gz#1": "bad_type",
     }
     assert not (tmp_path / "pwned").exists()
+    assert report.not_read == ["alice/notes.txt"]
     assert {s.source for s in report.samples} == {"alice"}
     tomoe = next(s for s in report.samples if s.path == "alice/hira.tdic#0")
     np.testing.assert_allclose(tomoe.strokes[0][0], [80 / 160 - 1, 1 - 60 / 160])  # y flipped up
