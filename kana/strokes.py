@@ -465,12 +465,12 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
     k = 0
     with open(path, "rb") as fh:
         # b"\n" is JSON Lines' separator (str.splitlines would also split at a U+2028 in a string)
-        for number, line in enumerate(iter(lambda: fh.readline(MAX_FILE_BYTES + 1), b""), 1):
+        for number, line in enumerate(iter(lambda: fh.readline(MAX_FILE_BYTES + 2), b""), 1):
             if not line.strip():
                 continue
             where = f"{path.name}#{k} (line {number})"
             k += 1
-            if len(line) > MAX_FILE_BYTES:
+            if len(line.rstrip(b"\r\n")) > MAX_FILE_BYTES:
                 while line and not line.endswith(b"\n"):  # the rest of the line, a piece at a time
                     line = fh.readline(1 << 20)
                 yield None, InvalidSample("too_large", f"{where}: a line of over {MAX_FILE_BYTES} bytes")
@@ -577,7 +577,8 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     its reason, and everything valid is kept. `class_ids` limits the classes kept (others are
     rejected as `not_in_class_set`). Samples whose stroke count their class's table does not allow
     are rejected (the notebook's filter, for training), unless `any_stroke_count` (for scoring
-    real drawings: a served model reads whatever is drawn).
+    real drawings: a served model reads whatever is drawn). Files in no format read here are named
+    in `not_read`.
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.exists():

@@ -441,9 +441,10 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
 def test_a_json_lines_file_may_be_any_size_and_a_line_too_large_loses_only_itself(tmp_path, monkeypatch):
     monkeypatch.setattr("kana.strokes.MAX_FILE_BYTES", 1000)  # 16 MiB, a sample's most
     good = json.dumps({"char_id": "i", "strokes": [[[0, 0.5], [0.2, 0.5]], [[0, 0.3], [0, -0.6]]]})
-    lines = [good] * 20 + [json.dumps({"char_id": "i", "strokes": [[[0.1, 0.1]] * 200] * 2})] + [good] * 3
+    longest = good[:-1] + " " * (1000 - len(good)) + "}"  # 1,000 bytes: the most a line may hold
+    lines = [good] * 19 + [longest, json.dumps({"char_id": "i", "strokes": [[[0.1, 0.1]] * 200] * 2})] + [good] * 3
     (tmp_path / "dave").mkdir()
-    (tmp_path / "dave" / "many.jsonl").write_text("\n".join(lines))  # no newline at the end
+    (tmp_path / "dave" / "many.jsonl").write_text("\r\n".join(lines))  # no line end after the last
     assert (tmp_path / "dave" / "many.jsonl").stat().st_size > 3000 and len(lines[20]) > 3000
     report = load_raw_dir(tmp_path)
     assert len(report.samples) == 23 and report.samples[-1].path == "dave/many.jsonl#23"
