@@ -335,7 +335,8 @@ def build_dataset(
     }
     ds = ProcessedDataset(meta, rasters, points, offsets, labels, split, manifest)
     ds.meta["digest"] = dataset_digest(ds)
-    return ds, LoadReport(rejections=load_rejections, not_read=files_not_read(Path(raw_dir)) if raw_dir else [])
+    not_read = files_not_read(Path(raw_dir)) if raw_dir else []
+    return ds, LoadReport(rejections=load_rejections, not_read=not_read)
 
 
 def dataset_digest(ds: ProcessedDataset) -> str:

@@ -368,15 +368,17 @@ def load_pickle_sample(path: Path) -> Strokes:
 
 def load_json_sample(path: Path) -> Strokes:
     """One sample from JSON: `{"1": [[x, y], ...]}`, a list of strokes, or `{"strokes": [...]}`."""
+    return parse_strokes(_json_value(_read_bytes(path), path.name), path.name)
+
+
+def _json_value(data: bytes, where: str, encoding: str = "utf-8-sig"):
+    """JSON from bytes (by default a BOM, as Windows tools write, is fine), or InvalidSample."""
     try:
-        obj = json.loads(_read_bytes(path).decode("utf-8-sig"))  # a BOM, as Windows tools write, is fine
-    except InvalidSample:
-        raise
+        return json.loads(data.decode(encoding))
     except ValueError as exc:  # not UTF-8, not JSON, or a number of over 4,300 digits
-        raise InvalidSample("unreadable", f"{path.name}: not valid JSON ({exc})") from None
+        raise InvalidSample("unreadable", f"{where}: not valid JSON ({exc})") from None
     except RecursionError:
-        raise InvalidSample("unreadable", f"{path.name}: JSON nested too deeply to read") from None
-    return parse_strokes(obj, path.name)
+        raise InvalidSample("unreadable", f"{where}: JSON nested too deeply to read") from None
 
 
 def _id_for_character(character: str, where: str) -> str:
@@ -476,7 +478,7 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
                 yield None, InvalidSample("too_large", f"{where}: a line of over {MAX_FILE_BYTES} bytes")
                 continue
             try:
-                record = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
+                record = _json_value(line, where, "utf-8-sig" if number == 1 else "utf-8")
                 if not isinstance(record, Mapping):
                     raise InvalidSample("bad_structure", f'{where}: expected an object with "strokes", '
                                         f"got {type(record).__name__}")
@@ -485,12 +487,6 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
                 yield _record_char_id(record, where), parse_strokes(record["strokes"], where)
             except InvalidSample as exc:
                 yield None, exc
-            except UnicodeDecodeError as exc:
-                yield None, InvalidSample("unreadable", f"{where}: not UTF-8 ({exc})")
-            except ValueError as exc:  # not JSON, or a number of over 4,300 digits
-                yield None, InvalidSample("unreadable", f"{where}: not valid JSON ({exc})")
-            except RecursionError:
-                yield None, InvalidSample("unreadable", f"{where}: JSON nested too deeply to read")
 
 
 def _record_char_id(record: Mapping, where: str) -> str:

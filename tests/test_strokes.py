@@ -430,7 +430,7 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
     assert "(line 9): stroke 1: has no points" in rejected["carol/pen.jsonl#7"][1]
     assert "(line 10): not valid JSON" in rejected["carol/pen.jsonl#8"][1]
     assert rejected["carol/pen.jsonl#10"][1] == 'pen.jsonl#10 (line 12): has no "strokes" field'
-    assert "(line 1): not UTF-8" in rejected["carol/utf16.jsonl#0"][1]
+    assert "(line 1): not valid JSON ('utf-8' codec can't decode" in rejected["carol/utf16.jsonl#0"][1]
     assert rejected["carol/empty.jsonl"] == ("empty_sample", "carol/empty.jsonl: holds no characters")
     classes = {r.path: r.char_id for r in report.rejections}
     assert classes["carol/empty.jsonl"] is None and classes["carol/pen.jsonl#2"] == "i"  # not "e", from its name
