@@ -37,8 +37,7 @@ from kana.strokes import (
     check_raw_folder,
     check_stroke_count,
     describe_not_read,
-    files_not_read,
-    iter_raw_files,
+    list_raw_files,
     load_raw_files,
     parse_strokes,
     sample_digest,
@@ -129,10 +128,10 @@ def _load_chunk(args) -> tuple[list[_Candidate], list[Rejection]]:
 
 
 def _load_raw(raw_dir: Path, class_ids: set[str], n_points: int, max_gap: float, max_strokes: int,
-              workers: int, progress: bool) -> tuple[list[_Candidate], list[Rejection]]:
+              workers: int, progress: bool) -> tuple[list[_Candidate], list[Rejection], list[str]]:
     """`load_raw_dir` and `featurize` of every raw file, the files shared among `workers`
-    processes when there are many."""
-    paths = list(iter_raw_files(raw_dir)) if raw_dir.exists() else []
+    processes when there are many; and the files in no format read (see `list_raw_files`)."""
+    paths, not_read = list_raw_files(raw_dir)
     tasks = [(raw_dir, paths[i : i + CHUNK_SAMPLES], class_ids, n_points, max_gap, max_strokes)
              for i in range(0, len(paths), CHUNK_SAMPLES)]
     lworkers = workers if len(paths) >= PARALLEL_MIN_SAMPLES else 1
@@ -140,7 +139,7 @@ def _load_raw(raw_dir: Path, class_ids: set[str], n_points: int, max_gap: float,
     for part, rejected in _map(_load_chunk, tasks, lworkers, progress and "loading"):
         candidates += part
         rejections += rejected
-    return candidates, rejections
+    return candidates, rejections, not_read
 
 
 def _synthesize_chunk(args):
@@ -242,8 +241,9 @@ def build_dataset(
     max_strokes = max_strokes or class_table.max_strokes(class_set)
     workers = workers or os.cpu_count() or 1
 
-    loaded, load_rejections = (_load_raw(Path(raw_dir), set(class_ids), n_points, max_gap, max_strokes,
-                                         workers, progress) if raw_dir else ([], []))
+    loaded, load_rejections, not_read = (
+        _load_raw(Path(raw_dir), set(class_ids), n_points, max_gap, max_strokes, workers, progress)
+        if raw_dir else ([], [], []))
     rejections = list(load_rejections)
     candidates = []
     for s in _synthetic_samples(classes, synthetic_per_class, seed, max_strokes, workers, progress):
@@ -335,7 +335,6 @@ def build_dataset(
     }
     ds = ProcessedDataset(meta, rasters, points, offsets, labels, split, manifest)
     ds.meta["digest"] = dataset_digest(ds)
-    not_read = files_not_read(Path(raw_dir)) if raw_dir else []
     return ds, LoadReport(rejections=load_rejections, not_read=not_read)
 
 

@@ -42,7 +42,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 RAW_SUFFIXES = (".pickle", ".pkl", ".json", ".jsonl", ".charcol", ".charcol.gz", ".tdic")
 
 _CHAR_TO_ID = {c.character: c.char_id for c in ALL_CLASSES}
-_ID_TO_CHAR = {c.char_id: c.character for c in ALL_CLASSES}
 
 
 class InvalidSample(ValueError):
@@ -339,7 +338,7 @@ class Rejection:
 class LoadReport:
     samples: list[RawSample] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    not_read: list[str] = field(default_factory=list)  # `files_not_read`
+    not_read: list[str] = field(default_factory=list)  # see `list_raw_files`
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -495,11 +494,13 @@ def _record_char_id(record: Mapping, where: str) -> str:
     if char_id is None and character is None:
         raise InvalidSample("unknown_char_id", f'{where}: has neither "char_id" nor "character"')
     if char_id is not None:
-        if not isinstance(char_id, str) or char_id not in _ID_TO_CHAR:
-            raise InvalidSample("unknown_char_id", f"{where}: char_id {char_id!r} is not a class")
-        if character is not None and character != _ID_TO_CHAR[char_id]:
+        try:
+            named = get_class(char_id).character
+        except (KeyError, TypeError):  # TypeError: a list or an object, unhashable
+            raise InvalidSample("unknown_char_id", f"{where}: char_id {char_id!r} is not a class") from None
+        if character is not None and character != named:
             raise InvalidSample("bad_structure", f"{where}: char_id {char_id!r} is "
-                                f"{_ID_TO_CHAR[char_id]}, but character is {character!r}")
+                                f"{named}, but character is {character!r}")
         return char_id
     if not isinstance(character, str):
         raise InvalidSample("unknown_char_id", f"{where}: character {character!r} is not a class")
@@ -522,31 +523,28 @@ COLLECTION_READERS = {".charcol": read_tegaki_charcol, ".charcol.gz": read_tegak
                       ".tdic": read_tomoe_tdic, ".jsonl": read_json_lines}
 
 
-def iter_raw_files(raw_dir: Path) -> Iterator[Path]:
-    """Every raw file under `raw_dir`, in a stable order. A `.json` beside a `.pickle` of the same
-    name is that sample's readable copy (the drawing page writes both) and is read once, as the
-    pickle."""
-    for path in sorted(raw_dir.rglob("*")):
-        if not (path.is_file() and path.name.lower().endswith(RAW_SUFFIXES)):
-            continue
-        if path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file():
-            continue
-        yield path
-
-
-def files_not_read(raw_dir: Path) -> list[str]:
-    """The files under `raw_dir` in no format kana reads (hidden ones, such as .DS_Store, aside),
-    by their paths under it: reported, so that samples saved as `.npy` or `.txt` are not left out
-    unseen."""
+def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
+    """In one walk of `raw_dir`, in a stable order: every raw file to read, and the files in no
+    format kana reads by their paths under it (hidden ones, such as .DS_Store, aside; reported, so
+    that samples saved as `.npy` or `.txt` are not left out unseen). A `.json` beside a `.pickle`
+    of the same name is that sample's readable copy (the drawing page writes both) and is read
+    once, as the pickle."""
+    to_read, not_read = [], []
     if not raw_dir.is_dir():
-        return []
-    return [rel.as_posix() for rel in (p.relative_to(raw_dir) for p in sorted(raw_dir.rglob("*")))
-            if not rel.name.lower().endswith(RAW_SUFFIXES) and (raw_dir / rel).is_file()
-            and not any(part.startswith(".") for part in rel.parts)]
+        return to_read, not_read
+    for path in sorted(raw_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.name.lower().endswith(RAW_SUFFIXES):
+            if not (path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file()):
+                to_read.append(path)
+        elif not any(part.startswith(".") for part in path.relative_to(raw_dir).parts):
+            not_read.append(path.relative_to(raw_dir).as_posix())
+    return to_read, not_read
 
 
 def describe_not_read(raw_dir, not_read: list[str], shown: int = 10) -> str:
-    """One line naming the files `files_not_read` found (the first `shown` of them)."""
+    """One line naming the files `list_raw_files` found unreadable (the first `shown` of them)."""
     names = ", ".join(not_read[:shown]) + (f" and {len(not_read) - shown} more" if len(not_read) > shown else "")
     return (f"not read: {len(not_read)} file(s) under {raw_dir} in no format kana reads "
             f"({' '.join(RAW_SUFFIXES)}): {names}")
@@ -579,8 +577,9 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     raw_dir = Path(raw_dir)
     if not raw_dir.exists():
         return LoadReport()
-    report = load_raw_files(raw_dir, list(iter_raw_files(raw_dir)), class_ids, any_stroke_count)
-    report.not_read = files_not_read(raw_dir)
+    to_read, not_read = list_raw_files(raw_dir)
+    report = load_raw_files(raw_dir, to_read, class_ids, any_stroke_count)
+    report.not_read = not_read
     return report
 
 
