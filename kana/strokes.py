@@ -212,21 +212,33 @@ def parse_strokes(obj, where: str = "sample") -> Strokes:
 
     Accepted: the app's dict `{1: ndarray (N, 2), ...}` (int or numeric string keys, sorted
     numerically), a list of strokes, or `{"strokes": [...]}` (a labelled record: other fields, such
-    as "char_id", are ignored). Raises InvalidSample naming `where`.
+    as "char_id", are ignored, but not stroke numbers, which would leave two readings of one
+    sample). A stroke number given twice (1 and "1", or "1" and "01") is refused for the same
+    reason. Raises InvalidSample naming `where`.
     """
     if isinstance(obj, Mapping) and "strokes" in obj:
+        numbered = [key for key in obj if key != "strokes" and _stroke_number(key) is not None]
+        if numbered:
+            raise InvalidSample(
+                "bad_structure",
+                f"{where}: has both 'strokes' and stroke number {numbered[0]!r}; give one or the other",
+            )
         obj = obj["strokes"]
     if isinstance(obj, Mapping):
         keyed = []
+        seen = {}
         for key, value in obj.items():
-            try:
-                if isinstance(key, (float, bool)):
-                    raise ValueError
-                number = int(key)
-            except (TypeError, ValueError, OverflowError):
+            number = _stroke_number(key)
+            if number is None:
                 raise InvalidSample(
                     "bad_structure", f"{where}: stroke key {key!r} is not a stroke number"
-                ) from None
+                )
+            if number in seen:
+                raise InvalidSample(
+                    "bad_structure",
+                    f"{where}: stroke number {number} is given twice ({seen[number]!r} and {key!r})",
+                )
+            seen[number] = key
             keyed.append((number, value))
         keyed.sort(key=lambda kv: kv[0])
         raw_strokes = [v for _, v in keyed]
@@ -247,6 +259,16 @@ def parse_strokes(obj, where: str = "sample") -> Strokes:
             "too_many_strokes", f"{where}: has {len(raw_strokes)} strokes (at most {MAX_STROKES})"
         )
     return [_parse_stroke(s, f"{where}: stroke {i + 1}") for i, s in enumerate(raw_strokes)]
+
+
+def _stroke_number(key) -> int | None:
+    """A dict key as a stroke number (1, "1", "01"), or None where it is none (floats, bools, text)."""
+    if isinstance(key, (float, bool)):
+        return None
+    try:
+        return int(key)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _parse_stroke(raw, where: str) -> np.ndarray:

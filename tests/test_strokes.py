@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -265,6 +266,8 @@ def test_object_dtype_array_is_not_numbers(tmp_path):
         ({1: [[0.0, 0.0]], "x": [[0.0, 0.0]]}, "bad_structure"),
         ({float("inf"): [[0.0, 0.0]]}, "bad_structure"),
         ({1.0: [[0.0, 0.0]]}, "bad_structure"),
+        ({1: [[0.0, 0.0]], "1": [[0.5, 0.5]]}, "bad_structure"),  # stroke 1 twice
+        ({"strokes": [[[0.0, 0.0]]], "2": [[0.5, 0.5]]}, "bad_structure"),  # two readings
         ({1: [[1e9, 0.0]]}, "out_of_bounds"),
         ({1: [[10**400, 0.0]]}, "out_of_bounds"),  # no float holds it
         ({1: [["a", 0.0]]}, "bad_type"),
@@ -292,6 +295,19 @@ def test_parse_accepts_every_documented_shape():
         np.testing.assert_allclose(parsed[0], as_lists[0])
         np.testing.assert_allclose(parsed[1], as_lists[1])
     assert parse_strokes(shapes[5])[0].dtype == np.float64  # integers are fine
+
+
+def test_a_stroke_number_given_twice_or_beside_strokes_is_named():
+    """Either would silently drop strokes: one of the two 1s, or every numbered stroke."""
+    point = [[0.0, 0.0]]
+    cases = {
+        "stroke number 1 is given twice ('1' and '01')": {"1": point, "01": point},
+        "has both 'strokes' and stroke number '3'": {"char_id": "a", "strokes": [point], "3": point},
+    }
+    for message, sample in cases.items():
+        with pytest.raises(InvalidSample, match=re.escape(message)):
+            parse_strokes(sample, "u1.json")
+    assert len(parse_strokes({"strokes": [point, point], "char_id": "i", "note": "x"})) == 2
 
 
 def test_numeric_keys_sort_numerically():
