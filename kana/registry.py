@@ -94,7 +94,7 @@ class Candidate:
 def ensemble_candidate(runs: list) -> Candidate | None:
     """The geometric-mean ensemble of `runs` (the best of each family), scored on the splits
     every member logged probabilities for; None with fewer than two members or no val scores."""
-    from kana.evaluation import classification_metrics, load_probabilities
+    from kana.evaluation import classification_metrics, load_probabilities, subset_accuracies
     from kana.serving import combine_probabilities
 
     if len(runs) < 2:
@@ -103,11 +103,15 @@ def ensemble_candidate(runs: list) -> Candidate | None:
     for split in ("val", "test", "real"):
         logged = [load_probabilities(r.info.run_id, split) for r in runs]
         if any(x is None for x in logged) or any(
-            not np.array_equal(x[0], logged[0][0]) for x in logged  # not the same samples
+            not np.array_equal(x.y_true, logged[0].y_true) for x in logged  # not the same samples
         ):
             continue
-        combined = combine_probabilities([x[1].astype("float64") for x in logged])
-        metrics.update(classification_metrics(logged[0][0], combined.argmax(axis=1), split))
+        combined = combine_probabilities([x.probs.astype("float64") for x in logged])
+        y_true, y_pred = logged[0].y_true, combined.argmax(axis=1)
+        metrics.update(classification_metrics(y_true, y_pred, split))
+        if logged[0].class_ids is not None:
+            metrics.update(subset_accuracies(split, y_true, y_pred, logged[0].class_ids,
+                                             logged[0].sources))
     if SELECTION_METRIC not in metrics:
         return None
     return Candidate(ENSEMBLE, runs, metrics[SELECTION_METRIC], metrics)

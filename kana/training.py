@@ -370,7 +370,7 @@ def train_family(
             "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
             "epochs_run": len(epoch_seconds),
         }
-        names = ds.manifest["path"].tolist()
+        names, sources = ds.manifest["path"].tolist(), ds.manifest["source"].tolist()
         stroke_counts = np.diff(ds.offsets)
         for split in ("val", "test"):
             if len(idx[split]):
@@ -379,7 +379,7 @@ def train_family(
                     evaluation.log_split_evaluation(
                         split, y[split], config.with_stroke_counts(net_probs, stroke_counts[idx[split]]),
                         config.class_ids, ds.rasters[idx[split]], [names[i] for i in idx[split]],
-                        net_probs=net_probs,
+                        net_probs=net_probs, sources=[sources[i] for i in idx[split]],
                     )
                 )
         if real_dir:
@@ -435,7 +435,7 @@ def evaluate_real(model, config: ModelConfig, real_dir: str) -> dict[str, float]
     probs = config.with_stroke_counts(net_probs, [len(s.strokes) for s in report.samples])
     metrics = evaluation.log_split_evaluation(
         "real", y, probs, config.class_ids, rasters, [s.path for s in report.samples],
-        net_probs=net_probs,
+        net_probs=net_probs, sources=[s.source for s in report.samples],
     )
     metrics["real_n_samples"] = len(y)
     metrics["real_n_off_table"] = sum(get_class(s.char_id).strokes_off(len(s.strokes)) > 0

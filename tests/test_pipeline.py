@@ -83,6 +83,12 @@ def test_each_family_logged_comparable_metrics_history_and_artifacts(pipeline, f
         assert 0.0 <= m[name] <= 1.0, name
     assert m["train_seconds"] > 0 and m["seconds_per_epoch"] > 0 and m["peak_rss_mb"] > 100
     assert m["real_n_samples"] == 48 and m["real_n_off_table"] == 2  # two of bob's: 4 and 6 strokes
+    # the issue's first goal, and each source on its own: alice's 46 drawings and bob's 2
+    assert (m["real_n_basic46"], m["real_n_source_alice"], m["real_n_source_bob"]) == (48, 46, 2)
+    for name in ("real_source_alice_accuracy", "real_source_bob_accuracy"):
+        assert 0.0 <= m[name] <= 1.0, name
+    assert m["real_basic46_accuracy"] == m["real_accuracy"] and m["test_basic46_accuracy"] == m["test_accuracy"]
+    assert not any(k.startswith("test_source_") for k in m)  # alice's 2 a class all train: one source
     epochs = int(m["epochs_run"])
     assert 1 <= epochs <= TINY[f"{family}_epochs"]
     for name in ("loss", "accuracy", "val_loss"):
@@ -147,6 +153,9 @@ def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path
     ensemble_score = register.data.metrics["ensemble_val_balanced_accuracy"]
     # the ensemble is scored from the probabilities the members logged
     assert 0 < ensemble_score <= 1 and register.data.metrics["ensemble_test_balanced_accuracy"] > 0
+    assert register.data.metrics["ensemble_real_n_source_bob"] == 2  # the members' parts, combined
+    assert register.data.metrics["ensemble_real_basic46_accuracy"] == pytest.approx(
+        register.data.metrics["ensemble_real_accuracy"])  # the real drawings are all of the 46
     if ensemble_score >= best.data.metrics["val_balanced_accuracy"]:
         assert version.tags["model_family"] == "ensemble:" + "+".join(
             client.get_run(i).data.tags["model_family"] for i in version.tags["source_run_id"].split(","))
@@ -240,7 +249,7 @@ def test_training_scored_real_samples_as_serving_reads_them(pipeline, family):
     model = mlflow.keras.load_model(run.data.tags["kana.model_uri"])
     samples = load_raw_dir(pipeline.real_dir, any_stroke_count=True).samples  # 6 strokes too: joined
     served = Recognizer.from_keras([(model, config)]).probabilities([s.strokes for s in samples])
-    y_true, logged = load_probabilities(run.info.run_id, "real")
+    logged = load_probabilities(run.info.run_id, "real").probs
     assert len(logged) == len(samples) == 48
     np.testing.assert_allclose(logged, served, atol=1e-5)
 
