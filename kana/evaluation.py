@@ -70,7 +70,10 @@ def subset_accuracies(prefix: str, y_true: np.ndarray, y_pred: np.ndarray, class
     if sources is not None and len(set(sources)) > 1:
         sources = np.asarray(sources)
         for name in sorted(set(sources.tolist())):
-            parts[f"source_{metric_safe(name)}"] = sources == name
+            key = f"source_{metric_safe(name)}"
+            while key in parts:  # "a:b" and "a?b" are both a_b: neither hides the other
+                key += "_"
+            parts[key] = sources == name
     metrics = {}
     for part, mask in parts.items():
         if mask.any():
