@@ -482,7 +482,8 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
     """JSON Lines (`.jsonl`), a sample an object a line, as `../shared`'s real handwriting is shared:
     `{"char_id": "a", "character": "あ", "strokes": [[[x, y], ...], ...]}` in the app's
     coordinates, its class by `char_id` or `character` (both, if given, must agree); other fields,
-    such as "source", are ignored (the folder is the source). Read a line at a time, so a file of a
+    such as "source", are ignored (the folder is the source), stroke numbers refused as
+    `parse_strokes` refuses them beside "strokes". Read a line at a time, so a file of a
     whole data set may be any size, each line (a sample) at most MAX_FILE_BYTES. Blank lines are
     skipped; a bad line loses only itself, named `#k` with its line number."""
     k = 0
@@ -505,7 +506,7 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
                                         f"got {type(record).__name__}")
                 if "strokes" not in record:
                     raise InvalidSample("bad_structure", f'{where}: has no "strokes" field')
-                yield _record_char_id(record, where), parse_strokes(record["strokes"], where)
+                yield _record_char_id(record, where), parse_strokes(record, where)
             except InvalidSample as exc:
                 yield None, exc
 

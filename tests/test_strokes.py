@@ -418,6 +418,7 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
         '{"char_id": "i", "strokes": [[[0, 0.5]',
         json.dumps({"char_id": "i", "strokes": i_strokes}),
         json.dumps({"char_id": "i", "points": i_strokes}),
+        json.dumps({"char_id": "i", "strokes": i_strokes, "3": i_strokes[0]}),  # two readings
     ]
     (carol / "pen.jsonl").write_text("\r\n".join(lines) + "\n", encoding="utf-8")
     (carol / "utf16.jsonl").write_bytes('{"character": "\u3044"}'.encode("utf-16"))
@@ -436,6 +437,7 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
         "carol/pen.jsonl#7": "empty_stroke",
         "carol/pen.jsonl#8": "unreadable",
         "carol/pen.jsonl#10": "bad_structure",
+        "carol/pen.jsonl#11": "bad_structure",
         "carol/utf16.jsonl#0": "unreadable",
         "carol/empty.jsonl": "empty_sample",
     }
@@ -446,6 +448,8 @@ def test_json_lines_are_read_a_sample_a_line_and_a_bad_line_loses_only_itself(tm
     assert "(line 9): stroke 1: has no points" in rejected["carol/pen.jsonl#7"][1]
     assert "(line 10): not valid JSON" in rejected["carol/pen.jsonl#8"][1]
     assert rejected["carol/pen.jsonl#10"][1] == 'pen.jsonl#10 (line 12): has no "strokes" field'
+    assert rejected["carol/pen.jsonl#11"][1] == (
+        "pen.jsonl#11 (line 13): has both 'strokes' and stroke number '3'; give one or the other")
     assert "(line 1): not valid JSON ('utf-8' codec can't decode" in rejected["carol/utf16.jsonl#0"][1]
     assert rejected["carol/empty.jsonl"] == ("empty_sample", "carol/empty.jsonl: holds no characters")
     classes = {r.path: r.char_id for r in report.rejections}
