@@ -170,6 +170,14 @@ def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path
     text = open(summary).read()
     assert "champion" in text and all(f in text for f in (*FAMILIES, "ensemble"))
     assert text.count("yes") == 1
+    header, *lines = text.splitlines()
+    table = {line.split()[0]: dict(zip(header.split(), line.split())) for line in lines}
+    members = dict(zip(FAMILIES, runs)) | {"ensemble": register}
+    for family, run in members.items():  # the goals' figures on real drawings, each run's own
+        prefix = "ensemble_" if family == "ensemble" else ""
+        for column, metric in (("real_acc", "real_accuracy"), ("real_b46_acc", "real_basic46_accuracy"),
+                               ("real_bal_acc", "real_balanced_accuracy")):
+            assert table[family][column] == f"{run.data.metrics[prefix + metric]:.4f}", (family, column)
 
 
 def _real_samples(pipeline, n=6):
