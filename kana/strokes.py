@@ -39,8 +39,6 @@ MAX_STROKES = 64
 MAX_POINTS_PER_STROKE = 5000
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
-RAW_SUFFIXES = (".pickle", ".pkl", ".json", ".jsonl", ".charcol", ".charcol.gz", ".tdic")
-
 _CHAR_TO_ID = {c.character: c.char_id for c in ALL_CLASSES}
 
 
@@ -542,8 +540,10 @@ def _tdic_points(text: str, half: float) -> list[tuple[float, float]]:
 
 # Files of many samples each, and their readers: each yields (char_id, strokes) or
 # (None, InvalidSample) per sample, so one bad sample does not lose the rest of the file.
-COLLECTION_READERS = {".charcol": read_tegaki_charcol, ".charcol.gz": read_tegaki_charcol,
-                      ".tdic": read_tomoe_tdic, ".jsonl": read_json_lines}
+COLLECTION_READERS = {".jsonl": read_json_lines, ".charcol": read_tegaki_charcol,
+                      ".charcol.gz": read_tegaki_charcol, ".tdic": read_tomoe_tdic}
+# Every file read: a sample a file (the app's pickles, and JSON), and the collections above.
+RAW_SUFFIXES = (".pickle", ".pkl", ".json", *COLLECTION_READERS)
 
 
 def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
@@ -598,9 +598,7 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     in `not_read`.
     """
     raw_dir = Path(raw_dir)
-    if not raw_dir.exists():
-        return LoadReport()
-    to_read, not_read = list_raw_files(raw_dir)
+    to_read, not_read = list_raw_files(raw_dir)  # none where raw_dir is no folder
     report = load_raw_files(raw_dir, to_read, class_ids, any_stroke_count)
     report.not_read = not_read
     return report
