@@ -269,23 +269,40 @@ def _stroke_number(key) -> int | None:
         return None
 
 
-def _parse_stroke(raw, where: str) -> np.ndarray:
-    if isinstance(raw, (str, bytes)) or raw is None:
-        raise InvalidSample("bad_structure", f"{where}: expected points, got {type(raw).__name__}")
-    if isinstance(raw, np.ndarray) and raw.dtype.kind not in "iuf":
-        raise InvalidSample("bad_type", f"{where}: points have dtype {raw.dtype}, not numbers")
-    if isinstance(raw, (list, tuple)) and len(raw) > MAX_POINTS_PER_STROKE:
-        raise InvalidSample(
-            "too_many_points", f"{where}: has {len(raw)} points (at most {MAX_POINTS_PER_STROKE})"
-        )
+def _list_as_array(raw, where: str) -> np.ndarray:
+    """Points given as lists, as numpy reads them without being told a type, so a list of text or
+    of true/false is refused as an array of them is, not read as numbers ("0.5" as 0.5, true as 1).
+    Numbers numpy holds only as objects (an integer beyond int64) become floats where one holds them."""
     try:
-        points = np.asarray(raw, dtype=np.float64)
+        points = np.asarray(raw)
+    except ValueError:  # ragged
+        raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers") from None
+    if points.dtype.kind != "O":
+        return points
+    if any(v is None or isinstance(v, (bool, str, bytes)) for v in points.flat):
+        raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers")
+    try:
+        return points.astype(np.float64)
     except (TypeError, ValueError):
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers") from None
     except OverflowError:  # an integer beyond any float, such as 10**400
         raise InvalidSample(
             "out_of_bounds", f"{where}: a coordinate is too large for a float (the canvas is [-1, 1])"
         ) from None
+
+
+def _parse_stroke(raw, where: str) -> np.ndarray:
+    if isinstance(raw, (str, bytes)) or raw is None:
+        raise InvalidSample("bad_structure", f"{where}: expected points, got {type(raw).__name__}")
+    if isinstance(raw, (list, tuple)) and len(raw) > MAX_POINTS_PER_STROKE:
+        raise InvalidSample(
+            "too_many_points", f"{where}: has {len(raw)} points (at most {MAX_POINTS_PER_STROKE})"
+        )
+    points = np.asarray(raw) if isinstance(raw, np.ndarray) else _list_as_array(raw, where)  # a plain ndarray
+    if points.dtype.kind not in "iuf":  # text stays text, true/false stay bools: not read as numbers
+        what = {"b": "true/false", "U": "text", "S": "text"}.get(points.dtype.kind, f"dtype {points.dtype}")
+        raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers, got {what}")
+    points = points.astype(np.float64, copy=False)
     if points.ndim != 2 or points.shape[1:] != (2,):
         if points.size == 0:
             raise InvalidSample("empty_stroke", f"{where}: has no points")

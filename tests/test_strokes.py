@@ -271,6 +271,9 @@ def test_object_dtype_array_is_not_numbers(tmp_path):
         ({1: [[1e9, 0.0]]}, "out_of_bounds"),
         ({1: [[10**400, 0.0]]}, "out_of_bounds"),  # no float holds it
         ({1: [["a", 0.0]]}, "bad_type"),
+        ({1: [["0.5", "0.5"]]}, "bad_type"),  # text, as in an array of text, though it reads as numbers
+        ({1: [[True, False], [False, True]]}, "bad_type"),  # JSON's true/false, as an array of bools
+        ({1: [[None, 0.0]]}, "bad_type"),  # JSON's null: not a point missing (NaN), a wrong value
         ({1: "strokes"}, "bad_structure"),
         ("abc", "bad_structure"),
         (42, "bad_structure"),
