@@ -640,14 +640,17 @@ def raster_code_digest() -> str:
 
 def find_kanji_base(settings: dict) -> str:
     """The newest registered `kana-kanji-base` version trained with these settings and this
-    raster code, or ''."""
+    raster code, or '' when there is none. A registry that cannot be searched is an error here,
+    before any run starts: a base trained in its place could not be registered either."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
     try:
-        versions = client.search_model_versions(f"name = '{KANJI_BASE_MODEL_NAME}'")
-    except Exception:
-        return ""
+        versions = MlflowClient().search_model_versions(f"name = '{KANJI_BASE_MODEL_NAME}'")
+    except MlflowException as e:
+        raise MlflowException(f"cannot search the model registry ({mlflow.get_registry_uri()}) for "
+                              f"a {KANJI_BASE_MODEL_NAME!r} to reuse: {e.message}") from e
     wanted = _base_tags(settings)
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         if all(v.tags.get(k) == val for k, val in wanted.items()):

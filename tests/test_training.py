@@ -167,6 +167,26 @@ def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_pa
         train_transfer(base_model_uri=info.model_uri, directions=4)
 
 
+def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch):
+    """Not read as "no base yet": the base trained in its place could not be registered either."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from conftest import free_port
+    from kana.training import train_transfer
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with pytest.raises(MlflowException, match=f"^cannot search the model registry \\({uri}\\) for a "
+                                                  "'kana-kanji-base' to reuse: API request to "):
+            train_transfer(dataset_run_id="not needed: refused first")
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+
 @pytest.mark.parametrize("size", [8, 15, 129])
 def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
     from kana.training import train_cnn
