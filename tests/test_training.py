@@ -167,24 +167,27 @@ def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_pa
         train_transfer(base_model_uri=info.model_uri, directions=4)
 
 
-def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch):
-    """Not read as "no base yet": the base trained in its place could not be registered either."""
+def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch, tmp_path):
+    """Not read as "no base yet": the base trained in its place could not be registered either.
+    The registry here is a store of its own, as `MLFLOW_REGISTRY_URI` makes it, that is down."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from conftest import free_port
     from kana.training import train_transfer
 
-    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    registry = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_registry_uri(registry)
     try:
-        with pytest.raises(MlflowException, match=f"^cannot search the model registry \\({uri}\\) for a "
-                                                  "'kana-kanji-base' to reuse: API request to "):
+        with pytest.raises(MlflowException, match=f"^cannot search the model registry \\({registry}\\) "
+                                                  "for a 'kana-kanji-base' to reuse: API request to "):
             train_transfer(dataset_run_id="not needed: refused first")
     finally:
-        mlflow.set_tracking_uri(previous_uri)
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 @pytest.mark.parametrize("size", [8, 15, 129])
