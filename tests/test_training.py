@@ -177,17 +177,18 @@ def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(mo
     from kana.training import train_transfer
 
     registry = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_registry_uri(registry)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)  # the environment, left as it was after
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    mlflow.set_tracking_uri(tracking)
     try:
         with pytest.raises(MlflowException, match=f"^cannot search the model registry \\({registry}\\) "
                                                   "for a 'kana-kanji-base' to reuse: API request to "):
             train_transfer(dataset_run_id="not needed: refused first")
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        mlflow.set_tracking_uri(previous)
 
 
 @pytest.mark.parametrize("size", [8, 15, 129])
