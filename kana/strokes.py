@@ -271,13 +271,16 @@ def _stroke_number(key) -> int | None:
 
 def _list_as_array(raw, where: str) -> np.ndarray:
     """Points given as lists, as numpy reads them without being told a type, so a list of text or
-    of true/false is refused as an array of them is, not read as numbers ("0.5" as 0.5, true as 1).
+    of true/false (or one true among numbers) is refused as an array of them is, not read as numbers
+    ("0.5" as 0.5, true as 1).
     Numbers numpy holds only as objects (an integer beyond int64) become floats where one holds them."""
     try:
         points = np.asarray(raw)
     except ValueError:  # ragged
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers") from None
     if points.dtype.kind != "O":
+        if points.dtype.kind in "iuf" and _holds_bools_read_as_numbers(raw, points):
+            raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers, got true/false")
         return points
     if any(v is None or isinstance(v, (bool, str, bytes)) for v in points.flat):
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers")
@@ -289,6 +292,14 @@ def _list_as_array(raw, where: str) -> np.ndarray:
         raise InvalidSample(
             "out_of_bounds", f"{where}: a coordinate is too large for a float (the canvas is [-1, 1])"
         ) from None
+
+
+def _holds_bools_read_as_numbers(raw, points: np.ndarray) -> bool:
+    """Whether numpy read a true/false among numbers as 1/0 ([true, 0.5] as [1.0, 0.5]). Only a list
+    holding an exact 0 or 1 can have had one, so most strokes are never walked in Python."""
+    if not ((points == 0) | (points == 1)).any():
+        return False
+    return any(isinstance(v, (bool, np.bool_)) for v in np.asarray(raw, dtype=object).flat)
 
 
 def _parse_stroke(raw, where: str) -> np.ndarray:

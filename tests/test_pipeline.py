@@ -466,6 +466,7 @@ def test_served_champion_answers_raw_dicts_and_stroke_lists(pipeline, served):
         ({"inputs": [{"1": []}]}, None, "has no points"),
         ({"inputs": [{"1": [["x", 1]]}]}, None, "pairs of numbers"),
         ({"inputs": [{"1": [["0.5", "0.5"]]}]}, None, "pairs of numbers, got text"),
+        ({"inputs": [{"1": [[0.5, 0.5], [True, 0.5]]}]}, None, "pairs of numbers, got true/false"),
         ({"inputs": [{"1": [[0, 0]]}, {}]}, None, "sample 1: has no strokes"),
         ({"inputs": [[[[0.0, 0.0]]] * 10_000]}, None, "10000 strokes"),
         ({"inputs": [{"1": [[1e12, 0]]}]}, None, "outside"),
