@@ -269,6 +269,9 @@ def _stroke_number(key) -> int | None:
         return None
 
 
+_TRUE_FALSE = (bool, np.bool_)  # JSON's true/false as Python or numpy gives them: not coordinates
+
+
 def _list_as_array(raw, where: str) -> np.ndarray:
     """Points given as lists, as numpy reads them without being told a type, so a list of text or
     of true/false (or one true among numbers) is refused as an array of them is, not read as numbers
@@ -282,7 +285,7 @@ def _list_as_array(raw, where: str) -> np.ndarray:
         if points.dtype.kind in "iuf" and _holds_bools_read_as_numbers(raw, points):
             raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers, got true/false")
         return points
-    if any(v is None or isinstance(v, (bool, str, bytes)) for v in points.flat):
+    if any(v is None or isinstance(v, (*_TRUE_FALSE, str, bytes)) for v in points.flat):
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers")
     try:
         return points.astype(np.float64)
@@ -299,7 +302,7 @@ def _holds_bools_read_as_numbers(raw, points: np.ndarray) -> bool:
     holding an exact 0 or 1 can have had one, so most strokes are never walked in Python."""
     if not ((points == 0) | (points == 1)).any():
         return False
-    return any(isinstance(v, (bool, np.bool_)) for v in np.asarray(raw, dtype=object).flat)
+    return any(isinstance(v, _TRUE_FALSE) for v in np.asarray(raw, dtype=object).flat)
 
 
 def _parse_stroke(raw, where: str) -> np.ndarray:

@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,7 @@ def test_object_dtype_array_is_not_numbers(tmp_path):
         ({1: [[True, False], [False, True]]}, "bad_type"),  # JSON's true/false, as an array of bools
         ({1: [[0.5, 0.5], [True, 0.5]]}, "bad_type"),  # one true among numbers, not read as 1.0
         ({1: [[0, 0], [0, False]]}, "bad_type"),  # nor false among integers as 0
+        ({1: [[np.True_, Decimal("0.5")]]}, "bad_type"),  # numpy's true among numbers it holds as objects
         ({1: [[None, 0.0]]}, "bad_type"),  # JSON's null: not a point missing (NaN), a wrong value
         ({1: "strokes"}, "bad_structure"),
         ("abc", "bad_structure"),
