@@ -59,22 +59,38 @@ def training_runs(dataset_run_id: str):
     return [r for r in runs if r.data.tags.get(ENTRY_POINT_TAG) in TRAIN_ENTRY_POINTS]
 
 
+def _is_not_found(exc: MlflowException) -> bool:
+    """MLflow's answer for a registered model, alias or run that does not exist. A missing alias
+    comes as INVALID_PARAMETER_VALUE ("... alias champion not found."), from SQLite and REST."""
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message)
+
+
 def current_champion(model_name: str):
-    """The version the champion alias points at, or None."""
+    """The version the champion alias points at, or None when the model or the alias does not
+    exist. Any other failure (a registry that is down, a locked SQLite file) is raised: read as
+    "no champion", it would let a rerun register a worse model over the champion."""
     try:
         return MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            return None
+        raise MlflowException(f"cannot read the {CHAMPION!r} alias of {model_name!r} in the model "
+                              f"registry ({mlflow.get_registry_uri()}): {exc.message}") from exc
 
 
 def dataset_digest_of(dataset_run_id: str) -> str | None:
-    """The content digest of a preprocess run's dataset (None when the run is unknown)."""
+    """The content digest of a preprocess run's dataset, None when the run does not exist (any
+    other failure is raised: read as "other data", it would replace the champion)."""
     if not dataset_run_id:
         return None
     try:
         return MlflowClient().get_run(dataset_run_id).data.params.get("dataset_digest")
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            return None
+        raise MlflowException(f"cannot read the dataset run {dataset_run_id} of the champion in "
+                              f"the tracking store ({mlflow.get_tracking_uri()}): {exc.message}") from exc
 
 
 @dataclass

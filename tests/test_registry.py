@@ -1,0 +1,77 @@
+"""The registry's lookups before a champion is chosen: "none there" and "could not look" differ.
+
+Read as "no champion" or "other data", a failed lookup would let `register` put a worse model
+over the champion; so only MLflow's "does not exist" answers mean none, and any other is raised.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from conftest import free_port
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, monkeypatch):
+    """A tracking store and registry of its own in SQLite; the process's URI is put back after."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(previous)
+
+
+def test_no_champion_only_where_the_model_or_its_alias_does_not_exist(sqlite_store):
+    from kana.registry import CHAMPION, current_champion
+
+    assert current_champion("kana-registry-test") is None  # no such model
+    client = MlflowClient()
+    client.create_registered_model("kana-registry-test")
+    assert current_champion("kana-registry-test") is None  # the model, but no alias
+    run = client.create_run(client.create_experiment("registry-test"))
+    version = client.create_model_version("kana-registry-test", "runs:/x/model", run_id=run.info.run_id)
+    client.set_registered_model_alias("kana-registry-test", CHAMPION, version.version)
+    assert current_champion("kana-registry-test").version == version.version
+
+
+def test_a_registry_that_cannot_be_read_is_an_error_not_no_champion(sqlite_store, monkeypatch):
+    from kana.registry import current_champion
+
+    registry = f"http://127.0.0.1:{free_port()}"  # a registry of its own, where nothing listens
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)
+    with pytest.raises(MlflowException, match=f"^cannot read the 'champion' alias of 'kana-registry-test' "
+                                              f"in the model registry \\({registry}\\): API request to "):
+        current_champion("kana-registry-test")
+
+
+def test_a_champions_dataset_run_is_none_only_where_it_does_not_exist(sqlite_store):
+    from kana.registry import dataset_digest_of
+
+    client = MlflowClient()
+    run = client.create_run(client.create_experiment("registry-test"))
+    client.log_param(run.info.run_id, "dataset_digest", "268b37894d9bf1e5")
+    assert dataset_digest_of(run.info.run_id) == "268b37894d9bf1e5"
+    assert dataset_digest_of("0123456789abcdef0123456789abcdef") is None  # no such run
+    assert dataset_digest_of("") is None
+
+
+def test_a_tracking_store_that_cannot_be_read_is_an_error_not_other_data(monkeypatch):
+    from kana.registry import dataset_digest_of
+
+    tracking = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    mlflow.set_tracking_uri(tracking)
+    try:
+        with pytest.raises(MlflowException, match=f"^cannot read the dataset run 0123456789abcdef0123456789abcdef "
+                                                  f"of the champion in the tracking store \\({tracking}\\): "):
+            dataset_digest_of("0123456789abcdef0123456789abcdef")
+    finally:
+        mlflow.set_tracking_uri(previous)
