@@ -122,6 +122,23 @@ def pipeline(tmp_path_factory) -> Pipeline:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+@pytest.fixture
+def use_tracking_store(monkeypatch):
+    """Points MLflow at a store for one test, in this process and in the processes it starts
+    (`MLFLOW_TRACKING_URI`); what this process pointed at before is put back after."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()  # read before the environment changes
+
+    def point(uri: str) -> str:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        return uri
+
+    yield point
+    mlflow.set_tracking_uri(previous)
+
+
 def left_in_temp_folder(scratch: Path) -> list[str]:
     """What the processes that had `scratch` as their TMPDIR left there: anything but the files at
     the top, which are other libraries' own (ONNX Runtime's `.ses`, one file, reused)."""

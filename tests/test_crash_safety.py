@@ -13,12 +13,19 @@ from mlflow.tracking import MlflowClient
 from conftest import PROJECT_DIR
 
 
-def test_killed_preprocess_is_never_picked_up(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("KANA_EXPERIMENT", "crash")
-    mlflow.set_tracking_uri(uri)
-    MlflowClient().create_experiment("crash", artifact_location=str(tmp_path / "artifacts"))
+@pytest.fixture
+def new_store(tmp_path, monkeypatch, use_tracking_store):
+    """A SQLite store of the test's own with one experiment, which kana's entry points log to
+    (`KANA_EXPERIMENT`), in this process and those it starts; gives the experiment's id."""
+    def make(experiment: str) -> str:
+        use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        monkeypatch.setenv("KANA_EXPERIMENT", experiment)
+        return MlflowClient().create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
+    return make
+
+
+def test_killed_preprocess_is_never_picked_up(new_store):
+    new_store("crash")
     cmd = [sys.executable, "-m", "entrypoints.preprocess", "--raw-dir", "", "--class-set", "basic46"]
     done = subprocess.run(cmd + ["--synthetic-per-class", "2"], cwd=PROJECT_DIR, env=os.environ,
                           capture_output=True, text=True, timeout=300)
@@ -50,22 +57,14 @@ def test_killed_preprocess_is_never_picked_up(tmp_path, monkeypatch):
         load_dataset(killed.info.run_id)
 
 
-def _store(tmp_path, monkeypatch, experiment):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("KANA_EXPERIMENT", experiment)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient().create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
-
-
 def _entry(name, *args):
     return [sys.executable, "-m", f"entrypoints.{name}", *map(str, args)]
 
 
-def test_preprocess_runs_at_once_do_not_clobber_each_other(tmp_path, monkeypatch):
+def test_preprocess_runs_at_once_do_not_clobber_each_other(new_store):
     from kana.dataset import load_dataset
 
-    exp = _store(tmp_path, monkeypatch, "concurrent")
+    exp = new_store("concurrent")
     cmd = _entry("preprocess", "--raw-dir", "", "--class-set", "basic46", "--synthetic-per-class", 4)
     # three at once on two cores: they also race to record the same dataset in the store
     procs = [subprocess.Popen(cmd, cwd=PROJECT_DIR, env=os.environ, stdout=subprocess.PIPE,
@@ -82,13 +81,13 @@ def test_preprocess_runs_at_once_do_not_clobber_each_other(tmp_path, monkeypatch
     assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)
 
 
-def test_same_seed_and_data_give_the_same_split_and_metrics(tmp_path, monkeypatch):
+def test_same_seed_and_data_give_the_same_split_and_metrics(new_store):
     """Reproducibility: a dataset rebuilt from the same seed has the same digest and split, and
     the same training run twice gives the same scores (CPU; op determinism is not forced, so
     losses agree to float tolerance)."""
     from kana.dataset import build_dataset
 
-    exp = _store(tmp_path, monkeypatch, "repro")
+    exp = new_store("repro")
     first, _ = build_dataset(None, "basic46", 3, seed=5, n_points=120, max_strokes=4, progress=False)
     second, _ = build_dataset(None, "basic46", 3, seed=5, n_points=120, max_strokes=4, progress=False)
     other, _ = build_dataset(None, "basic46", 3, seed=6, n_points=120, max_strokes=4, progress=False)
@@ -110,13 +109,13 @@ def test_same_seed_and_data_give_the_same_split_and_metrics(tmp_path, monkeypatc
         assert abs(a.data.metrics[key] - b.data.metrics[key]) <= 1e-4 * abs(a.data.metrics[key]), key
 
 
-def test_main_reuses_a_step_only_if_the_same_kana_code_made_it(tmp_path, monkeypatch):
+def test_main_reuses_a_step_only_if_the_same_kana_code_made_it(new_store):
     """Same params and commit are not enough: with an edit not yet committed (a changed
     synthesizer, say) the old dataset and models must not be reused."""
     from kana.pipeline import _already_ran
     from kana.tracking import CODE_DIGEST_TAG, code_digest, kana_run
 
-    _store(tmp_path, monkeypatch, "reuse")
+    new_store("reuse")
     params = {"class_set": "basic46", "seed": 3}
     with kana_run("preprocess") as run:
         mlflow.log_params(params)
@@ -131,13 +130,13 @@ def test_main_reuses_a_step_only_if_the_same_kana_code_made_it(tmp_path, monkeyp
     assert _already_ran("preprocess", params, "abc123") is None
 
 
-def test_a_preprocess_that_keeps_no_samples_fails_and_is_never_picked_up(tmp_path, monkeypatch):
+def test_a_preprocess_that_keeps_no_samples_fails_and_is_never_picked_up(new_store):
     """A negative count of synthetic samples used to FINISH a run with an empty dataset, which
     training then took as the latest; now bad parameters are refused before a run starts, and a
     dataset with no samples fails its run."""
     from kana.dataset import load_dataset, preprocess
 
-    exp = _store(tmp_path, monkeypatch, "empty")
+    exp = new_store("empty")
     with pytest.raises(ValueError, match="synthetic_per_class must be 0 .raw samples alone. or more, got -5"):
         preprocess(raw_dir="", class_set="basic46", synthetic_per_class=-5)
     assert MlflowClient().search_runs([exp]) == []  # refused before any run

@@ -6,7 +6,6 @@ over the champion; so only MLflow's "does not exist" answers mean none, and any 
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -15,15 +14,10 @@ from conftest import free_port
 
 
 @pytest.fixture
-def sqlite_store(tmp_path, monkeypatch):
-    """A tracking store and registry of its own in SQLite; the process's URI is put back after."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
+def sqlite_store(tmp_path, monkeypatch, use_tracking_store):
+    """A tracking store and registry of its own in SQLite."""
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(previous)
+    return use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def test_no_champion_only_where_the_model_or_its_alias_does_not_exist(sqlite_store):
@@ -61,17 +55,11 @@ def test_a_champions_dataset_run_is_none_only_where_it_does_not_exist(sqlite_sto
     assert dataset_digest_of("") is None
 
 
-def test_a_tracking_store_that_cannot_be_read_is_an_error_not_other_data(monkeypatch):
+def test_a_tracking_store_that_cannot_be_read_is_an_error_not_other_data(monkeypatch, use_tracking_store):
     from kana.registry import dataset_digest_of
 
-    tracking = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    previous = mlflow.get_tracking_uri()
+    tracking = use_tracking_store(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    mlflow.set_tracking_uri(tracking)
-    try:
-        with pytest.raises(MlflowException, match=f"^cannot read the dataset run 0123456789abcdef0123456789abcdef "
-                                                  f"of the champion in the tracking store \\({tracking}\\): "):
-            dataset_digest_of("0123456789abcdef0123456789abcdef")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with pytest.raises(MlflowException, match=f"^cannot read the dataset run 0123456789abcdef0123456789abcdef "
+                                              f"of the champion in the tracking store \\({tracking}\\): "):
+        dataset_digest_of("0123456789abcdef0123456789abcdef")

@@ -87,15 +87,15 @@ def tracking_server(postgres, tmp_path_factory):
         yield url, artifacts
 
 
-def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tmp_path, monkeypatch):
+def test_pipeline_against_postgres_tracking_server(tracking_server, postgres, tmp_path, monkeypatch,
+                                                   use_tracking_store):
     url, artifacts = tracking_server
     backend_uri, bin_dir, pg_port = postgres
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    use_tracking_store(url)
     monkeypatch.setenv("KANA_EXPERIMENT", "team")
     scratch = tmp_path / "scratch"  # the temp folder of every process the pipeline runs
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
-    mlflow.set_tracking_uri(url)
     client = MlflowClient(url)
     experiment_id = client.create_experiment("team")  # artifacts: proxied by the server
     assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")

@@ -150,15 +150,13 @@ def test_orientation_channels_for_a_base_trained_on_images_are_refused_by_name(t
         train_transfer(base_source=str(tmp_path), directions=4)
 
 
-def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_path, monkeypatch):
+def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_path, use_tracking_store):
     import mlflow
 
     from kana.models import build_cnn
     from kana.training import train_transfer
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.MlflowClient().create_experiment("bases", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):  # a base of the raster alone, as train_transfer's default
         info = mlflow.keras.log_model(build_cnn(5, (32, 32, 1), filters=4), name="base")
@@ -167,28 +165,22 @@ def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_pa
         train_transfer(base_model_uri=info.model_uri, directions=4)
 
 
-def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch, tmp_path):
+def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch, tmp_path,
+                                                                              use_tracking_store):
     """Not read as "no base yet": the base trained in its place could not be registered either.
     The registry here is a store of its own, as `MLFLOW_REGISTRY_URI` makes it, that is down."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from conftest import free_port
     from kana.training import train_transfer
 
     registry = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
+    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)  # the environment, left as it was after
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    mlflow.set_tracking_uri(tracking)
-    try:
-        with pytest.raises(MlflowException, match=f"^cannot search the model registry \\({registry}\\) "
-                                                  "for a 'kana-kanji-base' to reuse: API request to "):
-            train_transfer(dataset_run_id="not needed: refused first")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with pytest.raises(MlflowException, match=f"^cannot search the model registry \\({registry}\\) "
+                                              "for a 'kana-kanji-base' to reuse: API request to "):
+        train_transfer(dataset_run_id="not needed: refused first")
 
 
 @pytest.mark.parametrize("size", [8, 15, 129])
@@ -238,21 +230,16 @@ def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp
     ("main", {"class_set": "basic64"}, "unknown class_set 'basic64'"),
 ])
 def test_a_training_parameter_out_of_range_is_refused_by_name_before_any_run(step, params, message,
-                                                                          tmp_path, monkeypatch):
+                                                                          tmp_path, use_tracking_store):
     import mlflow
 
     from kana import pipeline, training
 
-    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-        with pytest.raises(ValueError) as exc:
-            getattr(pipeline if step == "main" else training, step)(**params)
-        assert message in str(exc.value)
-        assert not (tmp_path / "mlflow.db").exists() or mlflow.search_runs(search_all_experiments=True).empty
-    finally:
-        mlflow.set_tracking_uri(previous)
+    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ValueError) as exc:
+        getattr(pipeline if step == "main" else training, step)(**params)
+    assert message in str(exc.value)
+    assert not (tmp_path / "mlflow.db").exists() or mlflow.search_runs(search_all_experiments=True).empty
 
 
 def test_models_from_before_gap_filling_keep_reading_strokes_as_they_were_trained():
