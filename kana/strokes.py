@@ -579,21 +579,23 @@ RAW_SUFFIXES = (".pickle", ".pkl", ".json", *COLLECTION_READERS)
 
 def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
     """In one walk of `raw_dir`, in a stable order: every raw file to read, and the files in no
-    format kana reads by their paths under it (hidden ones, such as .DS_Store, aside; reported, so
-    that samples saved as `.npy` or `.txt` are not left out unseen). A `.json` beside a `.pickle`
-    of the same name is that sample's readable copy (the drawing page writes both) and is read
-    once, as the pickle."""
+    format kana reads by their paths under it (reported, so that samples saved as `.npy` or `.txt`
+    are not left out unseen). Hidden files and folders are passed over: `.DS_Store`, `.git`, and
+    the `._a00001.pickle` metadata twins macOS writes beside each file on some disks and in zips.
+    A `.json` beside a `.pickle` of the same name is that sample's readable copy (the drawing page
+    writes both) and is read once, as the pickle."""
     to_read, not_read = [], []
     if not raw_dir.is_dir():
         return to_read, not_read
     for path in sorted(raw_dir.rglob("*")):
-        if not path.is_file():
-            continue
+        relative = path.relative_to(raw_dir)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue  # hidden: macOS's `._name.pickle` copies are no samples
         if path.name.lower().endswith(RAW_SUFFIXES):
             if not (path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file()):
                 to_read.append(path)
-        elif not any(part.startswith(".") for part in path.relative_to(raw_dir).parts):
-            not_read.append(path.relative_to(raw_dir).as_posix())
+        else:
+            not_read.append(relative.as_posix())
     return to_read, not_read
 
 

@@ -348,6 +348,12 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     (alice / ".DS_Store").write_bytes(b"\0")  # hidden: not named
     (tmp_path / ".git" / "objects").mkdir(parents=True)
     (tmp_path / ".git" / "objects" / "ab12").write_bytes(b"\0")
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # macOS's metadata twin
+    (alice / "._i00001.pickle").write_bytes(apple_double)
+    (tmp_path / "__MACOSX" / "alice").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "alice" / "._i00001.pickle").write_bytes(apple_double)
+    (alice / ".trash").mkdir()
+    save_app_pickle(list(GOOD.values()), alice / ".trash" / "i00003.pickle")  # hidden folder: passed over
     # Tomoe dictionary (320x320, y down): one good い and one character that is no class
     (alice / "hira.tdic").write_text(
         "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\nX\n:1\n:2 (1 1) (2 2)\n", encoding="utf-8"
