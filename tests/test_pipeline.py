@@ -121,7 +121,7 @@ def test_transfer_base_was_trained_once_and_registered(pipeline):
     assert all(layer.trainable for layer in model.layers[first_pool + 1 :])
 
 
-def test_a_kanji_base_is_reused_only_with_the_raster_code_it_was_trained_with(pipeline):
+def test_a_kanji_base_is_reused_only_with_the_raster_code_it_was_trained_with(pipeline, use_tracking_store):
     """A synthesizer change makes other kanji rasters: the base trained on the old ones is not
     fine-tuned again, a new one is trained."""
     from kana.training import find_kanji_base, raster_code_digest
@@ -132,8 +132,7 @@ def test_a_kanji_base_is_reused_only_with_the_raster_code_it_was_trained_with(pi
     settings = {"base_source": "kanjivg", "kanji_classes": TINY["kanji_classes"],
                 "kanji_per_class": TINY["kanji_per_class"], "base_epochs": TINY["base_epochs"],
                 "filters": 16, "seed": 127}  # train_transfer's defaults, as main ran it
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(pipeline.tracking_uri)
+    use_tracking_store(pipeline.tracking_uri)
     try:
         assert find_kanji_base(settings) == f"models:/kana-kanji-base/{version.version}"
         client.set_model_version_tag("kana-kanji-base", version.version, "kana.raster_code", "older")
@@ -141,7 +140,6 @@ def test_a_kanji_base_is_reused_only_with_the_raster_code_it_was_trained_with(pi
     finally:
         client.set_model_version_tag("kana-kanji-base", version.version, "kana.raster_code",
                                      raster_code_digest())
-        mlflow.set_tracking_uri(previous_uri)
 
 
 def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path):
