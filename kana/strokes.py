@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import pickletools
 import re
@@ -580,22 +581,34 @@ RAW_SUFFIXES = (".pickle", ".pkl", ".json", *COLLECTION_READERS)
 def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
     """In one walk of `raw_dir`, in a stable order: every raw file to read, and the files in no
     format kana reads by their paths under it (reported, so that samples saved as `.npy` or `.txt`
-    are not left out unseen). Hidden files and folders are passed over: `.DS_Store`, `.git`, and
-    the `._a00001.pickle` metadata twins macOS writes beside each file on some disks and in zips.
-    A `.json` beside a `.pickle` of the same name is that sample's readable copy (the drawing page
-    writes both) and is read once, as the pickle."""
+    are not left out unseen). Hidden files and folders are passed over, and never walked into:
+    `.DS_Store`, `.git`, and the `._a00001.pickle` metadata twins macOS writes beside each file on
+    some disks and in zips. A linked folder is walked like any other (a contributor's folder kept
+    on another disk), except one that leads back to a folder above it; a link to nothing is
+    listed to read, so that reading it names it. A `.json` beside a `.pickle` of the same name is
+    that sample's readable copy (the drawing page writes both) and is read once, as the pickle."""
     to_read, not_read = [], []
     if not raw_dir.is_dir():
         return to_read, not_read
-    for path in sorted(raw_dir.rglob("*")):
-        relative = path.relative_to(raw_dir)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue  # hidden: macOS's `._name.pickle` copies are no samples
-        if path.name.lower().endswith(RAW_SUFFIXES):
-            if not (path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file()):
-                to_read.append(path)
-        else:
-            not_read.append(relative.as_posix())
+    found = []
+    above = {os.fspath(raw_dir): {os.path.realpath(raw_dir)}}  # a folder's real path, its parents'
+    for folder, dirs, names in os.walk(raw_dir, followlinks=True):
+        chain = above.pop(folder)
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".")]
+        for name in list(dirs):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in chain:  # a link back up: walking it would never end, and its files are read
+                dirs.remove(name)
+            else:
+                above[os.path.join(folder, name)] = chain | {real}
+        found += [Path(folder, name) for name in names if not name.startswith(".")]
+    for path in sorted(found):
+        if not (path.is_file() or path.is_symlink() and not path.exists()):
+            continue  # a pipe or a socket
+        if path.is_file() and not path.name.lower().endswith(RAW_SUFFIXES):
+            not_read.append(path.relative_to(raw_dir).as_posix())
+        elif not (path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file()):
+            to_read.append(path)
     return to_read, not_read
 
 
@@ -648,6 +661,9 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
         lower = path.name.lower()
         reader = next((r for suffix, r in COLLECTION_READERS.items() if lower.endswith(suffix)), None)
         try:
+            if path.is_symlink() and not path.exists():  # a disk not mounted, a file moved
+                raise InvalidSample("unreadable", f"{name}: a link to {os.readlink(path)}, "
+                                                  "which does not exist")
             if reader is not None:
                 read = 0
                 for k, (cid, result) in enumerate(reader(path)):

@@ -385,6 +385,31 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     assert {r.path for r in scored.rejections} == set(reasons) - {"alice/i00002.pickle"}
 
 
+def test_load_raw_dir_walks_linked_folders_and_names_links_to_nothing(tmp_path):
+    elsewhere = tmp_path / "other_disk" / "carol"  # a contributor's folder kept outside raw/
+    (elsewhere / "deeper").mkdir(parents=True)
+    save_app_pickle(list(GOOD.values()), elsewhere / "i00001.pickle")
+    save_app_pickle(list(GOOD.values()), elsewhere / "deeper" / "i00002.pickle")
+    raw = tmp_path / "raw"
+    (raw / "alice").mkdir(parents=True)
+    save_app_pickle(list(GOOD.values()), raw / "alice" / "i00001.pickle")
+    (raw / "carol").symlink_to(elsewhere, target_is_directory=True)
+    (raw / "alice" / "loop").symlink_to(raw, target_is_directory=True)  # back up: walked once
+    (raw / "dave").symlink_to(tmp_path / "usb_not_mounted", target_is_directory=True)
+    (raw / "alice" / "i00003.pickle").symlink_to(tmp_path / "moved.pickle")
+    report = load_raw_dir(raw)
+    assert sorted((s.source, s.path) for s in report.samples) == [
+        ("alice", "alice/i00001.pickle"), ("carol", "carol/deeper/i00002.pickle"),
+        ("carol", "carol/i00001.pickle")]
+    rejected = {r.path: (r.reason, r.message) for r in report.rejections}
+    assert rejected == {
+        "dave": ("unreadable", f"dave: a link to {tmp_path / 'usb_not_mounted'}, which does not exist"),
+        "alice/i00003.pickle": ("unreadable",
+                                f"alice/i00003.pickle: a link to {tmp_path / 'moved.pickle'}, which does not exist"),
+    }
+    assert report.not_read == []
+
+
 def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path):
     bob = tmp_path / "bob"
     bob.mkdir()
