@@ -584,15 +584,17 @@ def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
     are not left out unseen). Hidden files and folders are passed over, and never walked into:
     `.DS_Store`, `.git`, and the `._a00001.pickle` metadata twins macOS writes beside each file on
     some disks and in zips. A linked folder is walked like any other (a contributor's folder kept
-    on another disk), except one that leads back to a folder above it; a link to nothing is
-    listed to read, so that reading it names it. A `.json` beside a `.pickle` of the same name is
-    that sample's readable copy (the drawing page writes both) and is read once, as the pickle."""
+    on another disk), except one that leads back to a folder above it. A link to nothing and a
+    folder that cannot be listed (no permission) are listed to read, so that reading names them. A
+    `.json` beside a `.pickle` of the same name is that sample's readable copy (the drawing page
+    writes both) and is read once, as the pickle."""
     to_read, not_read = [], []
     if not raw_dir.is_dir():
         return to_read, not_read
     found = []
     above = {os.fspath(raw_dir): {os.path.realpath(raw_dir)}}  # a folder's real path, its parents'
-    for folder, dirs, names in os.walk(raw_dir, followlinks=True):
+    for folder, dirs, names in os.walk(raw_dir, followlinks=True,  # and a folder it cannot list:
+                                       onerror=lambda exc: found.append(Path(exc.filename))):
         chain = above.pop(folder)
         dirs[:] = [d for d in sorted(dirs) if not d.startswith(".")]
         for name in list(dirs):
@@ -603,7 +605,7 @@ def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
                 above[os.path.join(folder, name)] = chain | {real}
         found += [Path(folder, name) for name in names if not name.startswith(".")]
     for path in sorted(found):
-        if not (path.is_file() or path.is_symlink() and not path.exists()):
+        if not (path.is_file() or path.is_dir() or path.is_symlink() and not path.exists()):
             continue  # a pipe or a socket
         if path.is_file() and not path.name.lower().endswith(RAW_SUFFIXES):
             not_read.append(path.relative_to(raw_dir).as_posix())
@@ -664,6 +666,10 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
             if path.is_symlink() and not path.exists():  # a disk not mounted, a file moved
                 raise InvalidSample("unreadable", f"{name}: a link to {os.readlink(path)}, "
                                                   "which does not exist")
+            if path.is_dir():  # one the walk could not list: its samples would be lost unnamed
+                with os.scandir(path):  # raises why (no permission), named below
+                    pass
+                raise InvalidSample("unreadable", f"{name}: a folder that could not be listed")
             if reader is not None:
                 read = 0
                 for k, (cid, result) in enumerate(reader(path)):

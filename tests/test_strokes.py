@@ -410,6 +410,24 @@ def test_load_raw_dir_walks_linked_folders_and_names_links_to_nothing(tmp_path):
     assert report.not_read == []
 
 
+def test_load_raw_dir_names_a_folder_it_may_not_list(tmp_path, monkeypatch):
+    for source in ("alice", "bob"):
+        save_app_pickle(list(GOOD.values()), tmp_path / source / "i00001.pickle")
+    locked = tmp_path / "bob"  # root lists any folder, so the refusal is the OS's, injected
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = load_raw_dir(tmp_path)
+    assert [s.path for s in report.samples] == ["alice/i00001.pickle"]
+    assert [(r.path, r.reason, r.message) for r in report.rejections] == [
+        ("bob", "unreadable", f"bob: [Errno 13] Permission denied: '{locked}'")]
+
+
 def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path):
     bob = tmp_path / "bob"
     bob.mkdir()
