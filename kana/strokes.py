@@ -605,10 +605,11 @@ def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[str]]:
                 above[os.path.join(folder, name)] = chain | {real}
         found += [Path(folder, name) for name in names if not name.startswith(".")]
     for path in sorted(found):
-        if not (path.is_file() or path.is_dir() or path.is_symlink() and not path.exists()):
-            continue  # a pipe or a socket
-        if path.is_file() and not path.name.lower().endswith(RAW_SUFFIXES):
+        is_file = path.is_file()
+        if is_file and not path.name.lower().endswith(RAW_SUFFIXES):
             not_read.append(path.relative_to(raw_dir).as_posix())
+        elif not (is_file or path.is_dir() or path.is_symlink() and not path.exists()):
+            continue  # a pipe or a socket
         elif not (path.suffix.lower() == ".json" and path.with_suffix(".pickle").is_file()):
             to_read.append(path)
     return to_read, not_read
@@ -663,13 +664,13 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
         lower = path.name.lower()
         reader = next((r for suffix, r in COLLECTION_READERS.items() if lower.endswith(suffix)), None)
         try:
-            if path.is_symlink() and not path.exists():  # a disk not mounted, a file moved
+            if not path.is_file():  # listed to be named here: a folder it could not list, whose
+                if path.is_dir():  # samples would be lost unnamed, or a link to nothing
+                    with os.scandir(path):  # raises why (no permission), named below
+                        pass
+                    raise InvalidSample("unreadable", f"{name}: a folder that could not be listed")
                 raise InvalidSample("unreadable", f"{name}: a link to {os.readlink(path)}, "
-                                                  "which does not exist")
-            if path.is_dir():  # one the walk could not list: its samples would be lost unnamed
-                with os.scandir(path):  # raises why (no permission), named below
-                    pass
-                raise InvalidSample("unreadable", f"{name}: a folder that could not be listed")
+                                                  "which does not exist")  # a disk not mounted
             if reader is not None:
                 read = 0
                 for k, (cid, result) in enumerate(reader(path)):
