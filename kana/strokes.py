@@ -629,10 +629,18 @@ def source_of(path: Path, raw_dir: Path) -> str:
 
 
 def check_raw_folder(param: str, folder: str, hint: str = "") -> None:
-    """Refuse a folder of raw files named by parameter `param` that is no folder, before any
-    work: a mistyped path would otherwise cost a whole run (`load_raw_dir` finds nothing there)."""
-    if folder and not Path(folder).is_dir():
+    """Refuse a folder of raw files named by parameter `param` that is no folder, or one kana may
+    not list, before any work: a mistyped path or a folder copied from another account would
+    otherwise cost a whole run (`load_raw_dir` reads nothing there)."""
+    if not folder:
+        return
+    if not Path(folder).is_dir():
         raise ValueError(f"{param} {folder!r} is not a folder (looked from {Path.cwd()}){hint}")
+    try:
+        with os.scandir(folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{param} {folder!r} cannot be listed: {exc.strerror or exc}") from exc
 
 
 def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,

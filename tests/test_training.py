@@ -1,6 +1,8 @@
 """Training helpers without training: data loaders, class weights, model builders, config."""
 
 from dataclasses import replace
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,6 +213,37 @@ def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp
     monkeypatch.chdir(tmp_path)  # a fresh clone: no data/raw, and synthetic samples alone
     check_raw_dir("data/raw")
     check_raw_dir("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw").write_bytes(b"")  # the default is there, but is no folder
+    with pytest.raises(ValueError, match="^raw_dir 'data/raw' is not a folder"):
+        check_raw_dir("data/raw")
+
+
+def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from kana.dataset import check_raw_dir, preprocess
+    from kana.pipeline import main
+    from kana.training import train_cnn, train_lstm, train_transfer
+
+    locked = tmp_path / "bob"  # copied from another account; root lists any folder, so the
+    locked.mkdir()  # refusal is the OS's, injected
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path).absolute() in (locked, tmp_path / "data" / "raw"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for step in (train_cnn, train_lstm, train_transfer, main):  # no dataset or store needed
+        with pytest.raises(ValueError, match=f"^real_dir '{locked}' cannot be listed: Permission denied$"):
+            step(real_dir=str(locked))
+    for step in (preprocess, main):
+        with pytest.raises(ValueError, match=f"^raw_dir '{locked}' cannot be listed: Permission denied$"):
+            step(raw_dir=str(locked))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "raw").mkdir(parents=True)  # the default, there but locked: refused too
+    with pytest.raises(ValueError, match="^raw_dir 'data/raw' cannot be listed: Permission denied$"):
+        check_raw_dir("data/raw")
 
 
 @pytest.mark.parametrize("step, params, message", [
