@@ -197,19 +197,26 @@ def test_a_raster_size_outside_what_the_cnn_can_take_is_refused_by_name(size):
         main(cnn_raster_size=size)
 
 
-def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp_path, monkeypatch):
-    from kana.dataset import check_raw_dir, preprocess
+def assert_every_step_refuses(folder, why: str):
+    """Each step given `folder` as its real_dir or raw_dir refuses it, saying `why`, before it
+    needs a dataset or a store."""
+    from kana.dataset import preprocess
     from kana.pipeline import main
     from kana.training import train_cnn, train_lstm, train_transfer
 
+    for param, steps in (("real_dir", (train_cnn, train_lstm, train_transfer, main)),
+                         ("raw_dir", (preprocess, main))):
+        for step in steps:
+            with pytest.raises(ValueError, match=f"^{param} '{folder}' {why}"):
+                step(**{param: str(folder)})
+
+
+def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from kana.dataset import check_raw_dir
+
     (tmp_path / "a.pickle").write_bytes(b"")
     for missing in (tmp_path / "tomoe_ra", tmp_path / "a.pickle"):
-        for step in (train_cnn, train_lstm, train_transfer, main):  # no dataset or store needed
-            with pytest.raises(ValueError, match=f"^real_dir '{missing}' is not a folder"):
-                step(real_dir=str(missing))
-        for step in (preprocess, main):
-            with pytest.raises(ValueError, match=f"^raw_dir '{missing}' is not a folder"):
-                step(raw_dir=str(missing))
+        assert_every_step_refuses(missing, "is not a folder")
     monkeypatch.chdir(tmp_path)  # a fresh clone: no data/raw, and synthetic samples alone
     check_raw_dir("data/raw")
     check_raw_dir("")
@@ -220,9 +227,7 @@ def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp
 
 
 def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp_path, monkeypatch):
-    from kana.dataset import check_raw_dir, preprocess
-    from kana.pipeline import main
-    from kana.training import train_cnn, train_lstm, train_transfer
+    from kana.dataset import check_raw_dir
 
     locked = tmp_path / "bob"  # copied from another account; root lists any folder, so the
     locked.mkdir()  # refusal is the OS's, injected
@@ -234,12 +239,7 @@ def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp
         return listing(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    for step in (train_cnn, train_lstm, train_transfer, main):  # no dataset or store needed
-        with pytest.raises(ValueError, match=f"^real_dir '{locked}' cannot be listed: Permission denied$"):
-            step(real_dir=str(locked))
-    for step in (preprocess, main):
-        with pytest.raises(ValueError, match=f"^raw_dir '{locked}' cannot be listed: Permission denied$"):
-            step(raw_dir=str(locked))
+    assert_every_step_refuses(locked, "cannot be listed: Permission denied$")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "raw").mkdir(parents=True)  # the default, there but locked: refused too
     with pytest.raises(ValueError, match="^raw_dir 'data/raw' cannot be listed: Permission denied$"):
