@@ -383,8 +383,10 @@ DEFAULT_RAW_DIR = "data/raw"
 def check_raw_dir(raw_dir: str) -> None:
     """`check_raw_folder` for `raw_dir`, but the default may be absent (a fresh clone: synthetic
     samples alone)."""
-    if Path(raw_dir) != Path(DEFAULT_RAW_DIR) or os.path.lexists(raw_dir):
+    if Path(raw_dir) != Path(DEFAULT_RAW_DIR):
         check_raw_folder("raw_dir", raw_dir, "; leave it out for synthetic samples alone")
+    elif os.path.lexists(raw_dir):
+        check_raw_folder("raw_dir", raw_dir, "; move it away for synthetic samples alone")
 
 
 def preprocess(

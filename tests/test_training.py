@@ -222,7 +222,7 @@ def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp
     check_raw_dir("")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "raw").write_bytes(b"")  # the default is there, but is no folder
-    with pytest.raises(ValueError, match="^raw_dir 'data/raw' is not a folder"):
+    with pytest.raises(ValueError, match="^raw_dir 'data/raw' is not a folder .*; move it away for"):
         check_raw_dir("data/raw")
 
 
