@@ -139,6 +139,22 @@ def use_tracking_store(monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
+@pytest.fixture
+def refuse_listing(monkeypatch):
+    """Makes `os.scandir` refuse the folders given, as the system refuses a folder without read
+    permission. Root lists any folder, so tests run as root cannot make the refusal for real."""
+    refused: set[Path] = set()
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path).absolute() in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda *folders: refused.update(Path(f).absolute() for f in folders)
+
+
 def left_in_temp_folder(scratch: Path) -> list[str]:
     """What the processes that had `scratch` as their TMPDIR left there: anything but the files at
     the top, which are other libraries' own (ONNX Runtime's `.ses`, one file, reused)."""

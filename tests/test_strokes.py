@@ -410,18 +410,11 @@ def test_load_raw_dir_walks_linked_folders_and_names_links_to_nothing(tmp_path):
     assert report.not_read == []
 
 
-def test_load_raw_dir_names_a_folder_it_may_not_list(tmp_path, monkeypatch):
+def test_load_raw_dir_names_a_folder_it_may_not_list(tmp_path, refuse_listing):
     for source in ("alice", "bob"):
         save_app_pickle(list(GOOD.values()), tmp_path / source / "i00001.pickle")
-    locked = tmp_path / "bob"  # root lists any folder, so the refusal is the OS's, injected
-    listing = os.scandir
-
-    def scandir(path="."):
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return listing(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    locked = tmp_path / "bob"
+    refuse_listing(locked)
     report = load_raw_dir(tmp_path)
     assert [s.path for s in report.samples] == ["alice/i00001.pickle"]
     assert [(r.path, r.reason, r.message) for r in report.rejections] == [

@@ -1,8 +1,6 @@
 """Training helpers without training: data loaders, class weights, model builders, config."""
 
 from dataclasses import replace
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,19 +224,13 @@ def test_a_raw_or_real_dir_that_is_no_folder_is_refused_before_anything_runs(tmp
         check_raw_dir("data/raw")
 
 
-def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp_path, monkeypatch):
+def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp_path, monkeypatch,
+                                                                           refuse_listing):
     from kana.dataset import check_raw_dir
 
-    locked = tmp_path / "bob"  # copied from another account; root lists any folder, so the
-    locked.mkdir()  # refusal is the OS's, injected
-    listing = os.scandir
-
-    def scandir(path="."):
-        if Path(path).absolute() in (locked, tmp_path / "data" / "raw"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return listing(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    locked = tmp_path / "bob"  # copied from another account
+    locked.mkdir()
+    refuse_listing(locked, tmp_path / "data" / "raw")
     assert_every_step_refuses(locked, "cannot be listed: Permission denied$")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "raw").mkdir(parents=True)  # the default, there but locked: refused too
