@@ -631,7 +631,7 @@ def source_of(path: Path, raw_dir: Path) -> str:
 def check_raw_folder(param: str, folder: str, hint: str = "") -> None:
     """Refuse a folder of raw files named by parameter `param` that is no folder, or one kana may
     not list, before any work: a mistyped path or a folder copied from another account would
-    otherwise cost a whole run (`load_raw_dir` reads nothing there)."""
+    otherwise cost a whole run (`list_raw_files` finds nothing there)."""
     if not folder:
         return
     if not Path(folder).is_dir():
@@ -652,10 +652,12 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     rejected as `not_in_class_set`). Samples whose stroke count their class's table does not allow
     are rejected (the notebook's filter, for training), unless `any_stroke_count` (for scoring
     real drawings: a served model reads whatever is drawn). Files in no format read here are named
-    in `not_read`.
+    in `not_read`. A `raw_dir` that is no folder, or cannot be listed, raises ValueError naming it:
+    a mistyped path read as an empty folder would go unseen.
     """
+    check_raw_folder("raw_dir", os.fspath(raw_dir))
     raw_dir = Path(raw_dir)
-    to_read, not_read = list_raw_files(raw_dir)  # none where raw_dir is no folder
+    to_read, not_read = list_raw_files(raw_dir)
     report = load_raw_files(raw_dir, to_read, class_ids, any_stroke_count)
     report.not_read = not_read
     return report

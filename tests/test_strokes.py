@@ -592,9 +592,18 @@ def test_class_filter_rejects_other_classes(tmp_path):
     assert [r.reason for r in report.rejections] == ["not_in_class_set"]
 
 
-def test_missing_raw_dir_is_empty(tmp_path):
-    report = load_raw_dir(tmp_path / "nope")
-    assert report.samples == [] and report.rejections == []
+def test_load_raw_dir_refuses_a_folder_that_is_not_there_or_may_not_be_listed(tmp_path, refuse_listing):
+    # a mistyped path read as an empty folder would pass unseen: a scoring script would report
+    # accuracy over nothing, a loop over contributors' folders would skip one
+    save_app_pickle(list(GOOD.values()), tmp_path / "alice" / "i00001.pickle")
+    with pytest.raises(ValueError, match=r"raw_dir '.*alcie' is not a folder \(looked from "):
+        load_raw_dir(tmp_path / "alcie")
+    with pytest.raises(ValueError, match=r"raw_dir '.*i00001\.pickle' is not a folder"):
+        load_raw_dir(tmp_path / "alice" / "i00001.pickle")
+    refuse_listing(tmp_path / "alice")
+    with pytest.raises(ValueError, match=r"raw_dir '.*alice' cannot be listed: Permission denied$"):
+        load_raw_dir(tmp_path / "alice")
+    assert [r.path for r in load_raw_dir(tmp_path).rejections] == ["alice"]  # read from above: named
 
 
 def test_safe_unpickle_keeps_numpy_and_containers():
