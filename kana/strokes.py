@@ -623,9 +623,10 @@ def describe_not_read(raw_dir, not_read: list[str], shown: int = 10) -> str:
 
 
 def source_of(path: Path, raw_dir: Path) -> str:
-    """The contributor/device folder a file sits in (its first folder under raw_dir)."""
+    """The contributor/device folder a file sits in (its first folder under raw_dir; raw_dir's own
+    name for a file directly in it, also where raw_dir is '.' or ends in '..')."""
     rel = path.relative_to(raw_dir)
-    return rel.parts[0] if len(rel.parts) > 1 else raw_dir.name
+    return rel.parts[0] if len(rel.parts) > 1 else os.path.basename(os.path.abspath(raw_dir))
 
 
 def check_raw_folder(param: str, folder: str, hint: str = "") -> None:
@@ -653,8 +654,10 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     are rejected (the notebook's filter, for training), unless `any_stroke_count` (for scoring
     real drawings: a served model reads whatever is drawn). Files in no format read here are named
     in `not_read`. A `raw_dir` that is no folder, or cannot be listed, raises ValueError naming it:
-    a mistyped path read as an empty folder would go unseen.
+    a mistyped path read as an empty folder would go unseen (and '' is refused, not read as '.').
     """
+    if not os.fspath(raw_dir):
+        raise ValueError("raw_dir is empty: name a folder ('.' for the current one)")
     check_raw_folder("raw_dir", os.fspath(raw_dir))
     raw_dir = Path(raw_dir)
     to_read, not_read = list_raw_files(raw_dir)

@@ -592,7 +592,8 @@ def test_class_filter_rejects_other_classes(tmp_path):
     assert [r.reason for r in report.rejections] == ["not_in_class_set"]
 
 
-def test_load_raw_dir_refuses_a_folder_that_is_not_there_or_may_not_be_listed(tmp_path, refuse_listing):
+def test_load_raw_dir_refuses_a_folder_that_is_not_there_or_may_not_be_listed(tmp_path, refuse_listing,
+                                                                             monkeypatch):
     # a mistyped path read as an empty folder would pass unseen: a scoring script would report
     # accuracy over nothing, a loop over contributors' folders would skip one
     save_app_pickle(list(GOOD.values()), tmp_path / "alice" / "i00001.pickle")
@@ -600,6 +601,12 @@ def test_load_raw_dir_refuses_a_folder_that_is_not_there_or_may_not_be_listed(tm
         load_raw_dir(tmp_path / "alcie")
     with pytest.raises(ValueError, match=r"raw_dir '.*i00001\.pickle' is not a folder"):
         load_raw_dir(tmp_path / "alice" / "i00001.pickle")
+    monkeypatch.chdir(tmp_path / "alice")
+    with pytest.raises(ValueError, match=r"^raw_dir is empty: name a folder \('\.' for the current one\)$"):
+        load_raw_dir("")  # an unset variable, say: not the current folder unasked
+    assert [(s.path, s.source) for s in load_raw_dir(".").samples] == [("i00001.pickle", "alice")]
+    (tmp_path / "alice" / "notes").mkdir()
+    assert [s.source for s in load_raw_dir("notes/..").samples] == ["alice"]  # not '..'
     refuse_listing(tmp_path / "alice")
     with pytest.raises(ValueError, match=r"raw_dir '.*alice' cannot be listed: Permission denied$"):
         load_raw_dir(tmp_path / "alice")
