@@ -401,11 +401,12 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def load_pickle_sample(path: Path) -> Strokes:
-    """One app sample from a pickle, through the safe unpickler."""
+    """One app sample from a pickle, through the safe unpickler. A file that cannot be read at all
+    (missing, a folder, no permission) raises the OSError that names it, as `load_json_sample` does:
+    that is not a bad pickle."""
+    data = _read_bytes(path)
     try:
-        obj = safe_unpickle(_read_bytes(path))
-    except InvalidSample:
-        raise
+        obj = safe_unpickle(data)
     except ForbiddenGlobal as exc:
         raise InvalidSample("refused_pickle", f"{path.name}: {exc}") from None
     except PickledNotNumbers as exc:
@@ -699,11 +700,11 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
                 )
             loader = load_json_sample if lower.endswith(".json") else load_pickle_sample
             _accept(report, loader(path), cid, source, name, class_ids, any_stroke_count)
-        except InvalidSample as exc:  # a collection's name says nothing of its classes
+        except (InvalidSample, OSError) as exc:  # a collection's name says nothing of its classes
             cid = None if reader is not None else char_id_from_filename(path.name)
-            report.rejections.append(Rejection(name, source, cid, exc.reason, str(exc)))
-        except OSError as exc:
-            report.rejections.append(Rejection(name, source, None, "unreadable", f"{name}: {exc}"))
+            reason = exc.reason if isinstance(exc, InvalidSample) else "unreadable"
+            message = str(exc) if isinstance(exc, InvalidSample) else f"{name}: {exc}"
+            report.rejections.append(Rejection(name, source, cid, reason, message))
     return report
 
 

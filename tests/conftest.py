@@ -155,6 +155,22 @@ def refuse_listing(monkeypatch):
     return lambda *folders: refused.update(Path(f).absolute() for f in folders)
 
 
+@pytest.fixture
+def refuse_reading(monkeypatch):
+    """Makes reading the files given fail as the system fails a file without read permission
+    (root reads any file, so tests run as root cannot make the refusal for real)."""
+    refused: set[Path] = set()
+    reading = Path.read_bytes
+
+    def read_bytes(self):
+        if self.absolute() in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(self))
+        return reading(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    return lambda *files: refused.update(Path(f).absolute() for f in files)
+
+
 def left_in_temp_folder(scratch: Path) -> list[str]:
     """What the processes that had `scratch` as their TMPDIR left there: anything but the files at
     the top, which are other libraries' own (ONNX Runtime's `.ses`, one file, reused)."""

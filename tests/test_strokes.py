@@ -18,6 +18,7 @@ import pytest
 from kana.classes import char_id_from_filename, class_set, get_class, max_strokes
 from kana.strokes import (
     InvalidSample,
+    load_json_sample,
     load_pickle_sample,
     load_raw_dir,
     parse_strokes,
@@ -244,6 +245,30 @@ def test_truncated_and_garbage_pickles_are_unreadable(tmp_path):
             load_pickle_sample(tmp_path / name)
         assert exc.value.reason in {"unreadable", "refused_pickle"}
         assert name in str(exc.value)
+
+
+def test_a_file_that_cannot_be_read_raises_its_os_error_and_in_a_folder_is_a_named_rejection(
+        tmp_path, refuse_reading):
+    """Missing, a folder or not permitted is not a bad sample: both loaders raise the OSError that
+    names the file, and reading a folder turns it into one rejection that keeps the file's class."""
+    for loader, suffix in ((load_pickle_sample, ".pickle"), (load_json_sample, ".json")):
+        with pytest.raises(FileNotFoundError, match=f"i0{suffix}"):
+            loader(tmp_path / f"i0{suffix}")
+        (tmp_path / f"i1{suffix}").mkdir()
+        with pytest.raises(IsADirectoryError, match=f"i1{suffix}"):
+            loader(tmp_path / f"i1{suffix}")
+    alice = tmp_path / "raw" / "alice"
+    save_app_pickle(list(GOOD.values()), alice / "i00001.pickle")
+    save_app_pickle(list(GOOD.values()), alice / "i00002.pickle")
+    (alice / "i00003.json").write_text(json.dumps([s.tolist() for s in GOOD.values()]))
+    refuse_reading(alice / "i00002.pickle", alice / "i00003.json")
+    report = load_raw_dir(tmp_path / "raw")
+    assert [s.path for s in report.samples] == ["alice/i00001.pickle"]
+    assert sorted((r.path, r.char_id, r.reason, r.message) for r in report.rejections) == [
+        ("alice/i00002.pickle", "i", "unreadable",
+         f"alice/i00002.pickle: [Errno 13] Permission denied: '{alice / 'i00002.pickle'}'"),
+        ("alice/i00003.json", "i", "unreadable",
+         f"alice/i00003.json: [Errno 13] Permission denied: '{alice / 'i00003.json'}'")]
 
 
 def test_object_dtype_array_is_not_numbers(tmp_path):
