@@ -700,8 +700,10 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
                 )
             loader = load_json_sample if lower.endswith(".json") else load_pickle_sample
             _accept(report, loader(path), cid, source, name, class_ids, any_stroke_count)
-        except (InvalidSample, OSError) as exc:  # a collection's name says nothing of its classes
-            cid = None if reader is not None else char_id_from_filename(path.name)
+        except (InvalidSample, OSError) as exc:  # the class a sample file's name gives; not a
+            # collection's, a folder's or a dead link's, whose names ("dave") say nothing of classes
+            one_sample = reader is None and lower.endswith(RAW_SUFFIXES)
+            cid = char_id_from_filename(path.name) if one_sample else None
             reason = exc.reason if isinstance(exc, InvalidSample) else "unreadable"
             message = str(exc) if isinstance(exc, InvalidSample) else f"{name}: {exc}"
             report.rejections.append(Rejection(name, source, cid, reason, message))

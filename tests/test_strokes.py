@@ -426,10 +426,10 @@ def test_load_raw_dir_walks_linked_folders_and_names_links_to_nothing(tmp_path):
     assert sorted((s.source, s.path) for s in report.samples) == [
         ("alice", "alice/i00001.pickle"), ("carol", "carol/deeper/i00002.pickle"),
         ("carol", "carol/i00001.pickle")]
-    rejected = {r.path: (r.reason, r.message) for r in report.rejections}
-    assert rejected == {
-        "dave": ("unreadable", f"dave: a link to {tmp_path / 'usb_not_mounted'}, which does not exist"),
-        "alice/i00003.pickle": ("unreadable",
+    rejected = {r.path: (r.char_id, r.reason, r.message) for r in report.rejections}
+    assert rejected == {  # "dave" is a folder's name, not a sample's of class "da"
+        "dave": (None, "unreadable", f"dave: a link to {tmp_path / 'usb_not_mounted'}, which does not exist"),
+        "alice/i00003.pickle": ("i", "unreadable",
                                 f"alice/i00003.pickle: a link to {tmp_path / 'moved.pickle'}, which does not exist"),
     }
     assert report.not_read == []
@@ -442,8 +442,8 @@ def test_load_raw_dir_names_a_folder_it_may_not_list(tmp_path, refuse_listing):
     refuse_listing(locked)
     report = load_raw_dir(tmp_path)
     assert [s.path for s in report.samples] == ["alice/i00001.pickle"]
-    assert [(r.path, r.reason, r.message) for r in report.rejections] == [
-        ("bob", "unreadable", f"bob: [Errno 13] Permission denied: '{locked}'")]
+    assert [(r.path, r.char_id, r.reason, r.message) for r in report.rejections] == [
+        ("bob", None, "unreadable", f"bob: [Errno 13] Permission denied: '{locked}'")]
 
 
 def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path):
