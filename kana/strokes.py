@@ -657,10 +657,11 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     in `not_read`. A `raw_dir` that is no folder, or cannot be listed, raises ValueError naming it:
     a mistyped path read as an empty folder would go unseen (and '' is refused, not read as '.').
     """
-    if not os.fspath(raw_dir):
+    folder = os.fspath(raw_dir)
+    if not folder:
         raise ValueError("raw_dir is empty: name a folder ('.' for the current one)")
-    check_raw_folder("raw_dir", os.fspath(raw_dir))
-    raw_dir = Path(raw_dir)
+    check_raw_folder("raw_dir", folder)
+    raw_dir = Path(folder)
     to_read, not_read = list_raw_files(raw_dir)
     report = load_raw_files(raw_dir, to_read, class_ids, any_stroke_count)
     report.not_read = not_read
@@ -700,13 +701,14 @@ def load_raw_files(raw_dir: Path, paths: list[Path], class_ids: set[str] | None 
                 )
             loader = load_json_sample if lower.endswith(".json") else load_pickle_sample
             _accept(report, loader(path), cid, source, name, class_ids, any_stroke_count)
-        except (InvalidSample, OSError) as exc:  # the class a sample file's name gives; not a
-            # collection's, a folder's or a dead link's, whose names ("dave") say nothing of classes
+        except (InvalidSample, OSError) as exc:
+            if isinstance(exc, OSError):  # missing, a folder, no permission: not read at all
+                exc = InvalidSample("unreadable", f"{name}: {exc}")
+            # the class a sample file's name gives; not a collection's, a folder's or a dead
+            # link's, whose names ("dave") say nothing of classes
             one_sample = reader is None and lower.endswith(RAW_SUFFIXES)
             cid = char_id_from_filename(path.name) if one_sample else None
-            reason = exc.reason if isinstance(exc, InvalidSample) else "unreadable"
-            message = str(exc) if isinstance(exc, InvalidSample) else f"{name}: {exc}"
-            report.rejections.append(Rejection(name, source, cid, reason, message))
+            report.rejections.append(Rejection(name, source, cid, exc.reason, str(exc)))
     return report
 
 

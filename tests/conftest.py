@@ -139,36 +139,32 @@ def use_tracking_store(monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
-@pytest.fixture
-def refuse_listing(monkeypatch):
-    """Makes `os.scandir` refuse the folders given, as the system refuses a folder without read
-    permission. Root lists any folder, so tests run as root cannot make the refusal for real."""
+def _refuse_permission(monkeypatch, owner, name: str):
+    """Makes `owner.name` (a function or method whose first argument is a path) refuse the paths
+    later given, as the system refuses one without read permission: root reads and lists anything,
+    so tests run as root cannot make the refusal for real. Returns the function that takes them."""
     refused: set[Path] = set()
-    listing = os.scandir
+    original = getattr(owner, name)
 
-    def scandir(path="."):
+    def refusing(path=".", *args, **kwargs):
         if Path(path).absolute() in refused:
             raise PermissionError(13, "Permission denied", os.fspath(path))
-        return listing(path)
+        return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", scandir)
-    return lambda *folders: refused.update(Path(f).absolute() for f in folders)
+    monkeypatch.setattr(owner, name, refusing)
+    return lambda *paths: refused.update(Path(p).absolute() for p in paths)
+
+
+@pytest.fixture
+def refuse_listing(monkeypatch):
+    """Makes `os.scandir` refuse the folders given (a folder without read permission)."""
+    return _refuse_permission(monkeypatch, os, "scandir")
 
 
 @pytest.fixture
 def refuse_reading(monkeypatch):
-    """Makes reading the files given fail as the system fails a file without read permission
-    (root reads any file, so tests run as root cannot make the refusal for real)."""
-    refused: set[Path] = set()
-    reading = Path.read_bytes
-
-    def read_bytes(self):
-        if self.absolute() in refused:
-            raise PermissionError(13, "Permission denied", os.fspath(self))
-        return reading(self)
-
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    return lambda *files: refused.update(Path(f).absolute() for f in files)
+    """Makes `Path.read_bytes` refuse the files given (a file without read permission)."""
+    return _refuse_permission(monkeypatch, Path, "read_bytes")
 
 
 def left_in_temp_folder(scratch: Path) -> list[str]:
