@@ -400,10 +400,11 @@ def _read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def load_pickle_sample(path: Path) -> Strokes:
+def load_pickle_sample(path: str | os.PathLike) -> Strokes:
     """One app sample from a pickle, through the safe unpickler. A file that cannot be read at all
     (missing, a folder, no permission) raises the OSError that names it, as `load_json_sample` does:
     that is not a bad pickle."""
+    path = Path(path)
     data = _read_bytes(path)
     try:
         obj = safe_unpickle(data)
@@ -418,8 +419,9 @@ def load_pickle_sample(path: Path) -> Strokes:
     return parse_strokes(obj, path.name)
 
 
-def load_json_sample(path: Path) -> Strokes:
+def load_json_sample(path: str | os.PathLike) -> Strokes:
     """One sample from JSON: `{"1": [[x, y], ...]}`, a list of strokes, or `{"strokes": [...]}`."""
+    path = Path(path)
     return parse_strokes(_json_value(_read_bytes(path), path.name), path.name)
 
 
@@ -440,12 +442,13 @@ def _id_for_character(character: str, where: str) -> str:
     return cid
 
 
-def read_tegaki_charcol(path: Path, canvas: float = 1000.0) -> Iterator[tuple[str, object]]:
+def read_tegaki_charcol(path: str | os.PathLike, canvas: float = 1000.0) -> Iterator[tuple[str, object]]:
     """Tegaki character collections (XML, optionally gzipped), y down on a `canvas`-wide square.
 
     Yields (char_id, strokes) or (None, InvalidSample) per character, so one bad character does not
     lose the rest of the file.
     """
+    path = Path(path)
     data = _read_bytes(path)
     if path.name.endswith(".gz"):
         try:  # at most what a plain file may hold: 16 MiB of zeros would unzip to 16 GB
@@ -475,9 +478,10 @@ def read_tegaki_charcol(path: Path, canvas: float = 1000.0) -> Iterator[tuple[st
             yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
 
 
-def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, object]]:
+def read_tomoe_tdic(path: str | os.PathLike, canvas: float = 320.0) -> Iterator[tuple[str, object]]:
     """Tomoe dictionaries (`.tdic`): a character line, `:n` stroke count, then one
     `:m (x y) (x y) ...` line per stroke, on a 320x320 canvas with y down."""
+    path = Path(path)
     try:
         text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -509,7 +513,7 @@ def read_tomoe_tdic(path: Path, canvas: float = 320.0) -> Iterator[tuple[str, ob
             yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
 
 
-def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
+def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
     """JSON Lines (`.jsonl`), a sample an object a line, as `../shared`'s real handwriting is shared:
     `{"char_id": "a", "character": "あ", "strokes": [[[x, y], ...], ...]}` in the app's
     coordinates, its class by `char_id` or `character` (both, if given, must agree); other fields,
@@ -517,7 +521,7 @@ def read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
     `parse_strokes` refuses them beside "strokes". Read a line at a time, so a file of a
     whole data set may be any size, each line (a sample) at most MAX_FILE_BYTES. Blank lines are
     skipped; a bad line loses only itself, named `#k` with its line number."""
-    k = 0
+    path, k = Path(path), 0
     with open(path, "rb") as fh:
         # b"\n" is JSON Lines' separator (str.splitlines would also split at a U+2028 in a string)
         for number, line in enumerate(iter(lambda: fh.readline(MAX_FILE_BYTES + 2), b""), 1):
@@ -735,8 +739,9 @@ def strokes_to_app_dict(strokes: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     return {i + 1: np.asarray(s, dtype=np.float64) for i, s in enumerate(strokes)}
 
 
-def save_app_pickle(strokes: Sequence[np.ndarray], path: Path) -> None:
+def save_app_pickle(strokes: Sequence[np.ndarray], path: str | os.PathLike) -> None:
     """Write a sample exactly as the app does (a pickled dict of arrays)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         pickle.dump(strokes_to_app_dict(strokes), fh, protocol=4)

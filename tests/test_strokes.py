@@ -22,6 +22,9 @@ from kana.strokes import (
     load_pickle_sample,
     load_raw_dir,
     parse_strokes,
+    read_json_lines,
+    read_tegaki_charcol,
+    read_tomoe_tdic,
     safe_unpickle,
     save_app_pickle,
 )
@@ -74,6 +77,38 @@ def test_app_pickle_round_trip(tmp_path):
     strokes = load_pickle_sample(tmp_path / "i0.pickle")
     assert len(strokes) == 2
     np.testing.assert_array_equal(strokes[1], GOOD[2])
+
+
+def test_every_one_file_reader_and_writer_takes_a_path_as_text(tmp_path):
+    """`load_pickle_sample("data/raw/me/ka00001.pickle")`, as a user types it, reads as a Path
+    does (a text path raised AttributeError: 'str' object has no attribute 'stat')."""
+    save_app_pickle(list(GOOD.values()), str(tmp_path / "me" / "i0.pickle"))
+    lists = [v.tolist() for v in GOOD.values()]
+    xml = ('<character-collection><set name="x"><character><utf8>い</utf8><strokes>'
+           '<stroke><point x="200" y="200"/><point x="250" y="700"/></stroke>'
+           '<stroke><point x="700" y="250"/><point x="750" y="600"/></stroke></strokes></character>'
+           '</set></character-collection>').encode()
+    for name, data in {"i0.json": json.dumps(lists).encode(),
+                       "set.jsonl": (json.dumps({"char_id": "i", "strokes": lists}) + "\n").encode(),
+                       "set.tdic": "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n".encode(),
+                       "set.charcol": xml, "set.charcol.gz": gzip.compress(xml)}.items():
+        (tmp_path / "me" / name).write_bytes(data)
+
+    def read(reader, path):  # a sample's strokes as lists, or a collection's (class, strokes)
+        out = reader(path)
+        if reader in (load_pickle_sample, load_json_sample):
+            return [stroke.tolist() for stroke in out]
+        return [(cid, [stroke.tolist() for stroke in strokes]) for cid, strokes in out]
+
+    for reader, name in [(load_pickle_sample, "i0.pickle"), (load_json_sample, "i0.json"),
+                         (read_json_lines, "set.jsonl"), (read_tomoe_tdic, "set.tdic"),
+                         (read_tegaki_charcol, "set.charcol"), (read_tegaki_charcol, "set.charcol.gz")]:
+        as_text = read(reader, str(tmp_path / "me" / name))
+        assert as_text == read(reader, tmp_path / "me" / name), name
+        one_sample = reader in (load_pickle_sample, load_json_sample)
+        assert as_text == lists if one_sample else [cid for cid, _ in as_text] == ["i"], name
+    with pytest.raises(FileNotFoundError, match="i1.pickle"):
+        load_pickle_sample(str(tmp_path / "me" / "i1.pickle"))
 
 
 def test_hostile_pickle_is_refused_without_running(tmp_path):
