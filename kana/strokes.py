@@ -521,7 +521,8 @@ def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
     `parse_strokes` refuses them beside "strokes". Read a line at a time, so a file of a
     whole data set may be any size, each line (a sample) at most MAX_FILE_BYTES. Blank lines are
     skipped; a bad line loses only itself, named `#k` with its line number."""
-    path, k = Path(path), 0
+    path = Path(path)
+    k = 0
     with open(path, "rb") as fh:
         # b"\n" is JSON Lines' separator (str.splitlines would also split at a U+2028 in a string)
         for number, line in enumerate(iter(lambda: fh.readline(MAX_FILE_BYTES + 2), b""), 1):
