@@ -83,8 +83,9 @@ def test_preprocess_runs_at_once_do_not_clobber_each_other(new_store):
 
 def test_same_seed_and_data_give_the_same_split_and_metrics(new_store):
     """Reproducibility: a dataset rebuilt from the same seed has the same digest and split, and
-    the same training run twice gives the same scores (CPU; op determinism is not forced, so
-    losses agree to float tolerance)."""
+    the same training run twice gives the same scores, the CNN's with its augmentation too (its
+    parallel map drew random numbers in any order: losses 3.6950 / 3.6927 / 3.6833 in three runs
+    of this one). CPU; op determinism is not forced, so losses may differ in the last bits."""
     from kana.dataset import build_dataset
 
     exp = new_store("repro")
@@ -98,15 +99,16 @@ def test_same_seed_and_data_give_the_same_split_and_metrics(new_store):
                                  "--synthetic-per-class", 10), cwd=PROJECT_DIR, env=os.environ,
                           capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0, prep.stderr[-2000:]
-    for _ in range(2):
-        done = subprocess.run(_entry("train_lstm", "--epochs", 2, "--seed", 3), cwd=PROJECT_DIR,
-                              env=os.environ, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-    a, b = MlflowClient().search_runs([exp], "tags.`kana.entry_point` = 'train_lstm'")
-    for key in ("val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy"):
-        assert a.data.metrics[key] == b.data.metrics[key], key
-    for key in ("loss", "val_loss"):
-        assert abs(a.data.metrics[key] - b.data.metrics[key]) <= 1e-4 * abs(a.data.metrics[key]), key
+    for step in ("train_lstm", "train_cnn"):
+        for _ in range(2):
+            done = subprocess.run(_entry(step, "--epochs", 2, "--seed", 3), cwd=PROJECT_DIR,
+                                  env=os.environ, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-2000:]
+        a, b = MlflowClient().search_runs([exp], f"tags.`kana.entry_point` = '{step}'")
+        for key in ("val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy"):
+            assert a.data.metrics[key] == b.data.metrics[key], (step, key)
+        for key in ("loss", "val_loss"):
+            assert abs(a.data.metrics[key] - b.data.metrics[key]) <= 1e-6 * abs(a.data.metrics[key]), (step, key)
 
 
 def test_main_reuses_a_step_only_if_the_same_kana_code_made_it(new_store):
