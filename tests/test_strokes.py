@@ -30,6 +30,7 @@ from kana.strokes import (
 )
 
 GOOD = {1: np.array([[-0.5, 0.5], [0.5, 0.5]]), 2: np.array([[0.0, 0.8], [0.0, -0.8]])}
+TDIC_I = "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n"  # い as a Tomoe dictionary entry (320x320, y down)
 
 
 class _Payload:
@@ -84,15 +85,12 @@ def test_every_one_file_reader_and_writer_takes_a_path_as_text(tmp_path):
     does (a text path raised AttributeError: 'str' object has no attribute 'stat')."""
     save_app_pickle(list(GOOD.values()), str(tmp_path / "me" / "i0.pickle"))
     lists = [v.tolist() for v in GOOD.values()]
-    xml = ('<character-collection><set name="x"><character><utf8>い</utf8><strokes>'
-           '<stroke><point x="200" y="200"/><point x="250" y="700"/></stroke>'
-           '<stroke><point x="700" y="250"/><point x="750" y="600"/></stroke></strokes></character>'
-           '</set></character-collection>').encode()
-    for name, data in {"i0.json": json.dumps(lists).encode(),
-                       "set.jsonl": (json.dumps({"char_id": "i", "strokes": lists}) + "\n").encode(),
-                       "set.tdic": "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n".encode(),
-                       "set.charcol": xml, "set.charcol.gz": gzip.compress(xml)}.items():
-        (tmp_path / "me" / name).write_bytes(data)
+    for name, text in {"i0.json": json.dumps(lists),
+                       "set.jsonl": json.dumps({"char_id": "i", "strokes": lists}) + "\n",
+                       "set.tdic": TDIC_I}.items():
+        (tmp_path / "me" / name).write_text(text, encoding="utf-8")
+    for name in ("set.charcol", "set.charcol.gz"):
+        _write_tegaki(tmp_path / "me" / name, [("い", [[(200, 200), (250, 700)], [(700, 250), (750, 600)]])])
 
     def read(reader, path):  # a sample's strokes as lists, or a collection's (class, strokes)
         out = reader(path)
@@ -418,7 +416,7 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     save_app_pickle(list(GOOD.values()), alice / ".trash" / "i00003.pickle")  # hidden folder: passed over
     # Tomoe dictionary (320x320, y down): one good い and one character that is no class
     (alice / "hira.tdic").write_text(
-        "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\nX\n:1\n:2 (1 1) (2 2)\n", encoding="utf-8"
+        TDIC_I + "X\n:1\n:2 (1 1) (2 2)\n", encoding="utf-8"
     )
     _write_tegaki(alice / "c.charcol.gz", [("い", [[(200, 200), (250, 700)], [(700, 250), (750, 600)]]),
                                            ("い", [[(200, "bad")]])])
@@ -488,7 +486,7 @@ def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path
     bob.mkdir()
     # a Tomoe dictionary whose first character has a point that is no number: only it is lost
     (bob / "d.tdic").write_text(
-        "う\n:1\n:2 (80 60) (1O0 250)\nい\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n",
+        "う\n:1\n:2 (80 60) (1O0 250)\n" + TDIC_I,
         encoding="utf-8",
     )
     (bob / "i1.json").write_text('{"1": ' + "[" * 100_000 + "]" * 100_000 + "}")  # deeper than Python reads
@@ -629,7 +627,7 @@ def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
     originals = {
         "pickle": [pickle.dumps(GOOD, protocol=protocol) for protocol in (2, 4, 5)],
         "json": json.dumps({k: v.tolist() for k, v in GOOD.items()}).encode(),
-        "tdic": "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n".encode(),
+        "tdic": TDIC_I.encode(),
         "charcol": good_xml,
         "charcol.gz": gzip.compress(good_xml),
         "jsonl": (json.dumps({"char_id": "i", "strokes": [v.tolist() for v in GOOD.values()]}) + "\n") .encode() * 2,
