@@ -31,6 +31,7 @@ from kana.strokes import (
 
 GOOD = {1: np.array([[-0.5, 0.5], [0.5, 0.5]]), 2: np.array([[0.0, 0.8], [0.0, -0.8]])}
 TDIC_I = "い\n:2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n"  # い as a Tomoe dictionary entry (320x320, y down)
+TEGAKI_I = ("い", [[(200, 200), (250, 700)], [(700, 250), (750, 600)]])  # い as a Tegaki character (1000 wide, y down)
 
 
 class _Payload:
@@ -90,7 +91,7 @@ def test_every_one_file_reader_and_writer_takes_a_path_as_text(tmp_path):
                        "set.tdic": TDIC_I}.items():
         (tmp_path / "me" / name).write_text(text, encoding="utf-8")
     for name in ("set.charcol", "set.charcol.gz"):
-        _write_tegaki(tmp_path / "me" / name, [("い", [[(200, 200), (250, 700)], [(700, 250), (750, 600)]])])
+        _write_tegaki(tmp_path / "me" / name, [TEGAKI_I])
 
     def read(reader, path):  # a sample's strokes as lists, or a collection's (class, strokes)
         out = reader(path)
@@ -383,7 +384,8 @@ def test_numeric_keys_sort_numerically():
     assert [p[0, 0] for p in parsed] == [k / 20.0 for k in range(1, 12)]
 
 
-def _write_tegaki(path, chars):
+def _tegaki_xml(chars) -> bytes:
+    """A Tegaki character collection of (character, strokes) pairs, as XML."""
     body = "".join(
         f"<character><utf8>{ch}</utf8><strokes>"
         + "".join("<stroke>" + "".join(f'<point x="{x}" y="{y}"/>' for x, y in st) + "</stroke>" for st in strokes)
@@ -391,7 +393,11 @@ def _write_tegaki(path, chars):
         for ch, strokes in chars
     )
     xml = f'<?xml version="1.0" encoding="UTF-8"?><character-collection><set name="x">{body}</set></character-collection>'
-    data = xml.encode("utf-8")
+    return xml.encode("utf-8")
+
+
+def _write_tegaki(path, chars):
+    data = _tegaki_xml(chars)
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
 
 
@@ -418,8 +424,7 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
     (alice / "hira.tdic").write_text(
         TDIC_I + "X\n:1\n:2 (1 1) (2 2)\n", encoding="utf-8"
     )
-    _write_tegaki(alice / "c.charcol.gz", [("い", [[(200, 200), (250, 700)], [(700, 250), (750, 600)]]),
-                                           ("い", [[(200, "bad")]])])
+    _write_tegaki(alice / "c.charcol.gz", [TEGAKI_I, ("い", [[(200, "bad")]])])
     report = load_raw_dir(tmp_path)
     kept = sorted(s.path for s in report.samples)
     assert kept == ["alice/c.charcol.gz#0", "alice/hira.tdic#0", "alice/i00001.pickle", "alice/u1.json"]
@@ -620,10 +625,7 @@ def _mutated(data: bytes, rng: np.random.Generator) -> bytes:
 
 def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
     """Every file a load meets ends as a sample or a named rejection, however it is damaged."""
-    good_xml = ('<?xml version="1.0" encoding="UTF-8"?><character-collection><set name="x"><character>'
-                '<utf8>い</utf8><strokes><stroke><point x="200" y="200"/><point x="250" y="700"/></stroke>'
-                '<stroke><point x="700" y="250"/><point x="750" y="600"/></stroke></strokes></character>'
-                "</set></character-collection>").encode()
+    good_xml = _tegaki_xml([TEGAKI_I])
     originals = {
         "pickle": [pickle.dumps(GOOD, protocol=protocol) for protocol in (2, 4, 5)],
         "json": json.dumps({k: v.tolist() for k, v in GOOD.items()}).encode(),
