@@ -130,7 +130,7 @@ def keras_baselines(model_uri: str, sample):
     with tempfile.TemporaryDirectory(prefix="kana-bench-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
         for config_path in sorted(local.rglob("kana_config.json")):
-            config = ModelConfig.from_json(config_path.read_text())
+            config = ModelConfig.from_json(config_path.read_text(encoding="utf-8"))
             model = keras.saving.load_model(config_path.parent / "model.keras", compile=False)
             x = model_inputs(config, [resample_for_model(parse_strokes(sample), *config.resampling)])
             members.append((model, x))

@@ -348,7 +348,9 @@ def dataset_digest(ds: ProcessedDataset) -> str:
 # --------------------------------------------------------------------------- saving and loading
 
 
-def save_dataset(ds: ProcessedDataset, folder: Path) -> Path:
+def save_dataset(ds: ProcessedDataset, folder: str | Path) -> Path:
+    """Write `ds` under `folder` (made if missing) as `read_dataset` reads it; returns the folder."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(
         folder / "arrays.npz",
@@ -359,12 +361,16 @@ def save_dataset(ds: ProcessedDataset, folder: Path) -> Path:
         split=ds.split,
     )
     ds.manifest.to_csv(folder / "manifest.csv", index=False)
-    (folder / "dataset.json").write_text(json.dumps(ds.meta, indent=2, ensure_ascii=False))
+    (folder / "dataset.json").write_text(json.dumps(ds.meta, indent=2, ensure_ascii=False),
+                                        encoding="utf-8")
     return folder
 
 
-def read_dataset(folder: Path) -> ProcessedDataset:
-    meta = json.loads((folder / "dataset.json").read_text())
+def read_dataset(folder: str | Path) -> ProcessedDataset:
+    """The dataset `save_dataset` wrote under `folder`; ValueError if its arrays no longer match
+    the digest it was saved with."""
+    folder = Path(folder)
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
     manifest = pd.read_csv(folder / "manifest.csv", keep_default_na=False)

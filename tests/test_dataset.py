@@ -74,6 +74,9 @@ def test_dataset_round_trip_and_damage_detection(raw_dir, tmp_path):
     back = read_dataset(folder)
     assert back.meta == ds.meta
     assert np.array_equal(back.rasters, ds.rasters) and np.array_equal(back.points, ds.points)
+    as_text = save_dataset(ds, str(tmp_path / "as_text"))  # a folder given as text, as a user types it
+    assert as_text == tmp_path / "as_text"
+    assert read_dataset(str(as_text)).meta == ds.meta
     arrays = dict(np.load(folder / "arrays.npz"))
     arrays["labels"] = arrays["labels"][::-1].copy()
     np.savez(folder / "arrays.npz", **arrays)
