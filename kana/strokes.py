@@ -241,6 +241,12 @@ def parse_strokes(obj, where: str = "sample") -> Strokes:
             keyed.append((number, value))
         keyed.sort(key=lambda kv: kv[0])
         raw_strokes = [v for _, v in keyed]
+    elif _is_one_strokes_points(obj):
+        raise InvalidSample(
+            "bad_structure",
+            f"{where}: is one stroke's points, not a list of strokes; "
+            "give a one-stroke sample as [[[x, y], ...]] or {1: [[x, y], ...]}",
+        )
     elif isinstance(obj, (list, tuple)):
         raw_strokes = list(obj)
     elif isinstance(obj, np.ndarray) and obj.dtype != object and obj.ndim == 3:
@@ -258,6 +264,20 @@ def parse_strokes(obj, where: str = "sample") -> Strokes:
             "too_many_strokes", f"{where}: has {len(raw_strokes)} strokes (at most {MAX_STROKES})"
         )
     return [_parse_stroke(s, f"{where}: stroke {i + 1}") for i, s in enumerate(raw_strokes)]
+
+
+def _is_one_strokes_points(obj) -> bool:
+    """True for a sample that is one stroke's (N, 2) points rather than strokes, the nesting level
+    most easily lost in JSON: its first item is an [x, y] pair of numbers, which no stroke is."""
+    if isinstance(obj, np.ndarray):
+        return obj.dtype != object and obj.ndim == 2 and obj.shape[1] == 2
+    if not isinstance(obj, (list, tuple)) or not obj:
+        return False
+    first = obj[0]
+    if isinstance(first, np.ndarray):
+        return first.ndim == 1 and first.shape == (2,) and first.dtype.kind in "iuf"
+    return (isinstance(first, (list, tuple)) and len(first) == 2
+            and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in first))
 
 
 def _stroke_number(key) -> int | None:

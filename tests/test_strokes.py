@@ -378,6 +378,18 @@ def test_a_stroke_number_given_twice_or_beside_strokes_is_named():
     assert len(parse_strokes({"strokes": [point, point], "char_id": "i", "note": "x"})) == 2
 
 
+def test_one_strokes_points_given_as_a_sample_is_named():
+    """The nesting level most easily lost in JSON: the error says so, not "stroke 1: points have
+    shape (2,)"; strokes of one point each still parse."""
+    points = [[-0.5, 0.5], [0.5, 0.5]]
+    for sample in (points, tuple(map(tuple, points)), np.array(points), list(np.array(points))):
+        with pytest.raises(InvalidSample, match=re.escape("sample 3: is one stroke's points, not a list of "
+                                                          "strokes; give a one-stroke sample as [[[x, y], ...]]")):
+            parse_strokes(sample, "sample 3")
+    assert [s.shape for s in parse_strokes([[points[0]], [points[1]]])] == [(1, 2), (1, 2)]
+    assert len(parse_strokes(np.array([points]))) == 1
+
+
 def test_numeric_keys_sort_numerically():
     s = {str(k): [[k / 20.0, 0.0]] for k in range(1, 12)}
     parsed = parse_strokes(s)
