@@ -270,14 +270,15 @@ def _is_one_strokes_points(obj) -> bool:
     """True for a sample that is one stroke's (N, 2) points rather than strokes, the nesting level
     most easily lost in JSON: its first item is an [x, y] pair of numbers, which no stroke is."""
     if isinstance(obj, np.ndarray):
-        return obj.dtype != object and obj.ndim == 2 and obj.shape[1] == 2
+        return obj.ndim == 2 and obj.shape[1] == 2 and obj.dtype.kind in "iuf"
     if not isinstance(obj, (list, tuple)) or not obj:
         return False
     first = obj[0]
     if isinstance(first, np.ndarray):
         return first.ndim == 1 and first.shape == (2,) and first.dtype.kind in "iuf"
     return (isinstance(first, (list, tuple)) and len(first) == 2
-            and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in first))
+            and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                    for v in first))
 
 
 def _stroke_number(key) -> int | None:
