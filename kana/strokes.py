@@ -292,13 +292,23 @@ def _stroke_number(key) -> int | None:
 
 
 _TRUE_FALSE = (bool, np.bool_)  # JSON's true/false as Python or numpy gives them: not coordinates
+_NOT_COORDINATES = (*_TRUE_FALSE, str, bytes, complex, np.complexfloating)
+
+
+def _not_a_coordinate(value) -> bool:
+    """For one item of an object array: None, text, true/false or a complex number, or a numpy
+    array (nested in a ragged list) of anything but numbers, none of which a float cast refuses."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind not in "iuf"
+    return value is None or isinstance(value, _NOT_COORDINATES)
 
 
 def _list_as_array(raw, where: str) -> np.ndarray:
     """Points given as lists, as numpy reads them without being told a type, so a list of text or
     of true/false (or one true among numbers) is refused as an array of them is, not read as numbers
     ("0.5" as 0.5, true as 1).
-    Numbers numpy holds only as objects (an integer beyond int64) become floats where one holds them."""
+    Numbers numpy holds only as objects (an integer beyond int64) become floats where one holds them;
+    a complex number among them is refused, not read as its real part."""
     try:
         points = np.asarray(raw)
     except ValueError:  # ragged
@@ -307,7 +317,7 @@ def _list_as_array(raw, where: str) -> np.ndarray:
         if points.dtype.kind in "iuf" and _holds_bools_read_as_numbers(raw, points):
             raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers, got true/false")
         return points
-    if any(v is None or isinstance(v, (*_TRUE_FALSE, str, bytes)) for v in points.flat):
+    if any(_not_a_coordinate(v) for v in points.flat):
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers")
     try:
         return points.astype(np.float64)

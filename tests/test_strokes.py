@@ -338,6 +338,9 @@ def test_object_dtype_array_is_not_numbers(tmp_path):
         ({1: [[0.5, 0.5], [True, 0.5]]}, "bad_type"),  # one true among numbers, not read as 1.0
         ({1: [[0, 0], [0, False]]}, "bad_type"),  # nor false among integers as 0
         ({1: [[np.True_, Decimal("0.5")]]}, "bad_type"),  # numpy's true among numbers it holds as objects
+        ({1: [[Decimal("0.5"), np.complex128(0.3 + 1j)]]}, "bad_type"),  # not read as its real part, 0.3
+        ({1: [[Decimal("0.5"), np.array(0.3 + 1j)]]}, "bad_type"),  # nor from inside an array
+        ({1: [[Decimal("0.5"), np.array("0.5")]]}, "bad_type"),  # nor text from inside one as a number
         ({1: [[None, 0.0]]}, "bad_type"),  # JSON's null: not a point missing (NaN), a wrong value
         ({1: "strokes"}, "bad_structure"),
         ("abc", "bad_structure"),
