@@ -297,7 +297,8 @@ _NOT_COORDINATES = (*_TRUE_FALSE, str, bytes, complex, np.complexfloating)
 
 def _not_a_coordinate(value) -> bool:
     """For one item of an object array: None, text, true/false or a complex number, or a numpy
-    array (nested in a ragged list) of anything but numbers, none of which a float cast refuses."""
+    array (nested in a ragged list) of anything but numbers; a float cast would read some of them
+    as numbers or NaN (None, true, "0.5", a complex number's real part)."""
     if isinstance(value, np.ndarray):
         return value.dtype.kind not in "iuf"
     return value is None or isinstance(value, _NOT_COORDINATES)
