@@ -41,6 +41,7 @@ MAX_POINTS_PER_STROKE = 5000
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
 _CHAR_TO_ID = {c.character: c.char_id for c in ALL_CLASSES}
+_NUMBER_KINDS = "iuf"  # numpy dtype kinds of coordinates: signed and unsigned integers, floats
 
 
 class InvalidSample(ValueError):
@@ -270,12 +271,12 @@ def _is_one_strokes_points(obj) -> bool:
     """True for a sample that is one stroke's (N, 2) points rather than strokes, the nesting level
     most easily lost in JSON: its first item is an [x, y] pair of numbers, which no stroke is."""
     if isinstance(obj, np.ndarray):
-        return obj.ndim == 2 and obj.shape[1] == 2 and obj.dtype.kind in "iuf"
+        return obj.ndim == 2 and obj.shape[1] == 2 and obj.dtype.kind in _NUMBER_KINDS
     if not isinstance(obj, (list, tuple)) or not obj:
         return False
     first = obj[0]
     if isinstance(first, np.ndarray):
-        return first.ndim == 1 and first.shape == (2,) and first.dtype.kind in "iuf"
+        return first.ndim == 1 and first.shape == (2,) and first.dtype.kind in _NUMBER_KINDS
     return (isinstance(first, (list, tuple)) and len(first) == 2
             and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
                     for v in first))
@@ -300,7 +301,7 @@ def _not_a_coordinate(value) -> bool:
     array (nested in a ragged list) of anything but numbers; a float cast would read some of them
     as numbers or NaN (None, true, "0.5", a complex number's real part)."""
     if isinstance(value, np.ndarray):
-        return value.dtype.kind not in "iuf"
+        return value.dtype.kind not in _NUMBER_KINDS
     return value is None or isinstance(value, _NOT_COORDINATES)
 
 
@@ -315,7 +316,7 @@ def _list_as_array(raw, where: str) -> np.ndarray:
     except ValueError:  # ragged
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers") from None
     if points.dtype.kind != "O":
-        if points.dtype.kind in "iuf" and _holds_bools_read_as_numbers(raw, points):
+        if points.dtype.kind in _NUMBER_KINDS and _holds_bools_read_as_numbers(raw, points):
             raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers, got true/false")
         return points
     if any(_not_a_coordinate(v) for v in points.flat):
@@ -346,7 +347,7 @@ def _parse_stroke(raw, where: str) -> np.ndarray:
             "too_many_points", f"{where}: has {len(raw)} points (at most {MAX_POINTS_PER_STROKE})"
         )
     points = np.asarray(raw) if isinstance(raw, np.ndarray) else _list_as_array(raw, where)  # a plain ndarray
-    if points.dtype.kind not in "iuf":  # text stays text, true/false stay bools: not read as numbers
+    if points.dtype.kind not in _NUMBER_KINDS:  # text stays text, true/false stay bools: not read as numbers
         what = {"b": "true/false", "U": "text", "S": "text"}.get(points.dtype.kind, f"dtype {points.dtype}")
         raise InvalidSample("bad_type", f"{where}: points must be pairs of numbers, got {what}")
     points = points.astype(np.float64, copy=False)
