@@ -10,7 +10,8 @@ tags `source_run_id` (comma-separated for an ensemble), `model_family` and
 `val_balanced_accuracy`, and alias `champion` points at it. A rerun that finds nothing better than
 the current champion leaves the alias where it is, unless the champion's pyfunc carries other kana
 code (version tag `kana_code_digest`): then the same models are packaged again with this code as
-a new version, so serving fixes reach the served model without a retrain.
+a new version, so serving fixes reach the served model without a retrain; where its source runs
+were purged (`mlflow gc`), it stays as it is, and `register` says so.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ ENSEMBLE = "ensemble"
 CODE_TAG = "kana_code_digest"  # which kana code the registered pyfunc carries
 
 
-def _champion_candidate(champion, candidates: list) -> "Candidate":
-    """The current champion as a candidate: the one considered now, or rebuilt from its tags."""
+def _champion_candidate(champion, candidates: list) -> "Candidate | None":
+    """The current champion as a candidate: the one considered now, or rebuilt from its tags;
+    None when one of its source runs no longer exists (purged by `mlflow gc`)."""
     for c in candidates:
         if c.source_run_id == champion.tags.get("source_run_id"):
             return c
     client = MlflowClient()
-    runs = [client.get_run(r) for r in champion.tags["source_run_id"].split(",")]
+    try:
+        runs = [client.get_run(r) for r in champion.tags["source_run_id"].split(",")]
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            return None
+        raise
     family = ENSEMBLE if len(runs) > 1 else runs[0].data.tags.get("model_family", "")
     return Candidate(family, runs, float(champion.tags.get(SELECTION_METRIC, "nan")))
 
@@ -183,15 +190,22 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
                 print(f"champion version {champion.version} was scored on other data "
                       f"(dataset {champion_digest}, now {digest}): replacing it")
             elif champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
+                stays = f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})"
                 if champion.tags.get(CODE_TAG) == code:
-                    print(f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})")
-                    mlflow.set_tags({"champion_changed": "false", "champion_version": champion.version})
-                    return champion.version
+                    return _keep(champion, stays)
                 # The same models, but the pyfunc carries older kana code (it is logged with
                 # the model): package them again, so serving fixes and speed-ups reach it.
+                again = _champion_candidate(champion, candidates)
+                if again is None:  # a worse model must not take over, nor the rerun fail
+                    return _keep(champion, (
+                        f"champion version {champion.version} carries other kana code, but its "
+                        f"source run(s) {champion.tags.get('source_run_id')} no longer exist in "
+                        f"the tracking store, so its models cannot be packaged again: {stays}, "
+                        "with the kana code it was logged with (delete the alias "
+                        f"{CHAMPION!r} to register the best model of this data instead)"))
                 print(f"champion version {champion.version} carries other kana code: "
                       "packaging its models again with this code")
-                best = _champion_candidate(champion, candidates)
+                best = again
                 dataset_run_id = champion.tags.get("dataset_run_id", dataset_run_id)
                 repackaged = True
 
@@ -221,6 +235,13 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
         print(f"registered {model_name} version {version} ({family}, {SELECTION_METRIC}="
               f"{best.score:.4f}) as @{CHAMPION}; run {run.info.run_id}")
         return version
+
+
+def _keep(champion, message: str) -> str:
+    """Leave the alias where it is: print why, and tag the register run with the version kept."""
+    print(message)
+    mlflow.set_tags({"champion_changed": "false", "champion_version": champion.version})
+    return str(champion.version)
 
 
 @contextmanager

@@ -6,6 +6,9 @@ over the champion; so only MLflow's "does not exist" answers mean none, and any 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -63,3 +66,49 @@ def test_a_tracking_store_that_cannot_be_read_is_an_error_not_other_data(monkeyp
     with pytest.raises(MlflowException, match=f"^cannot read the dataset run 0123456789abcdef0123456789abcdef "
                                               f"of the champion in the tracking store \\({tracking}\\): "):
         dataset_digest_of("0123456789abcdef0123456789abcdef")
+
+
+def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_way(
+        sqlite_store, monkeypatch, capsys):
+    """A champion packaged with other kana code is packaged again from its training runs. Where
+    `mlflow gc` purged those, it keeps serving as it is, and `register` says why: neither a
+    failing rerun nor a worse model taking over."""
+    from kana.registry import CHAMPION, CODE_TAG, SELECTION_METRIC, register
+    from kana.tracking import ENTRY_POINT_TAG
+
+    monkeypatch.setenv("KANA_EXPERIMENT", "registry-test")
+    client = MlflowClient()
+    experiment = client.create_experiment("registry-test")
+
+    def finished_run(tags: dict, **values) -> str:
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        for key, value in values.items():
+            (client.log_metric if isinstance(value, float) else client.log_param)(run_id, key, value)
+        client.set_terminated(run_id)
+        return run_id
+
+    data = finished_run({ENTRY_POINT_TAG: "preprocess"}, dataset_digest="268b37894d9bf1e5")
+    finished_run({ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data, "model_family": "lstm"},
+                 **{SELECTION_METRIC: 0.5})  # worse than the champion
+    purged = finished_run({ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
+                           "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
+    client.create_registered_model("kana-registry-test")
+    champion = str(client.create_model_version("kana-registry-test", f"runs:/{purged}/model",
+                                               run_id=purged).version)
+    for key, value in {"source_run_id": purged, "model_family": "cnn", SELECTION_METRIC: "0.900000",
+                       "dataset_run_id": data, CODE_TAG: "an-older-kana"}.items():
+        client.set_model_version_tag("kana-registry-test", champion, key, value)
+    client.set_registered_model_alias("kana-registry-test", CHAMPION, champion)
+    client.delete_run(purged)
+    subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", sqlite_store,
+                    "--run-ids", purged], check=True, capture_output=True)
+    with pytest.raises(MlflowException, match="not found"):
+        client.get_run(purged)
+
+    assert register(data, "kana-registry-test") == champion
+    assert str(client.get_model_version_by_alias("kana-registry-test", CHAMPION).version) == champion
+    assert [str(v.version) for v in client.search_model_versions("name = 'kana-registry-test'")] == [champion]
+    assert f"source run(s) {purged} no longer exist" in capsys.readouterr().out
+    (run,) = client.search_runs([experiment], f"tags.`{ENTRY_POINT_TAG}` = 'register'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["champion_changed"] == "false" and run.data.tags["champion_version"] == champion
