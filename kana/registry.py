@@ -39,17 +39,23 @@ CODE_TAG = "kana_code_digest"  # which kana code the registered pyfunc carries
 
 def _champion_candidate(champion, candidates: list) -> "Candidate | None":
     """The current champion as a candidate: the one considered now, or rebuilt from its tags;
-    None when one of its source runs no longer exists (purged by `mlflow gc`)."""
+    None, naming the runs, when some of its source runs no longer exist (purged by `mlflow gc`)."""
     for c in candidates:
         if c.source_run_id == champion.tags.get("source_run_id"):
             return c
     client = MlflowClient()
-    try:
-        runs = [client.get_run(r) for r in champion.tags["source_run_id"].split(",")]
-    except MlflowException as exc:
-        if _is_not_found(exc):
-            return None
-        raise
+    runs, missing = [], []
+    for run_id in champion.tags["source_run_id"].split(","):
+        try:
+            runs.append(client.get_run(run_id))
+        except MlflowException as exc:
+            if not _is_not_found(exc):
+                raise
+            missing.append(run_id)
+    if missing:
+        print(f"source run(s) {', '.join(missing)} of champion version {champion.version} no longer "
+              "exist in the tracking store: its models cannot be packaged again")
+        return None
     family = ENSEMBLE if len(runs) > 1 else runs[0].data.tags.get("model_family", "")
     return Candidate(family, runs, float(champion.tags.get(SELECTION_METRIC, "nan")))
 
@@ -198,11 +204,8 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
                 again = _champion_candidate(champion, candidates)
                 if again is None:  # a worse model must not take over, nor the rerun fail
                     return _keep(champion, (
-                        f"champion version {champion.version} carries other kana code, but its "
-                        f"source run(s) {champion.tags.get('source_run_id')} no longer exist in "
-                        f"the tracking store, so its models cannot be packaged again: {stays}, "
-                        "with the kana code it was logged with (delete the alias "
-                        f"{CHAMPION!r} to register the best model of this data instead)"))
+                        f"{stays}, with the kana code it was logged with (delete the "
+                        f"alias {CHAMPION!r} to register the best model of this data instead)"))
                 print(f"champion version {champion.version} carries other kana code: "
                       "packaging its models again with this code")
                 best = again

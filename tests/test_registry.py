@@ -108,7 +108,7 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
     assert register(data, "kana-registry-test") == champion
     assert str(client.get_model_version_by_alias("kana-registry-test", CHAMPION).version) == champion
     assert [str(v.version) for v in client.search_model_versions("name = 'kana-registry-test'")] == [champion]
-    assert f"source run(s) {purged} no longer exist" in capsys.readouterr().out
+    assert f"source run(s) {purged} of champion version {champion} no longer exist" in capsys.readouterr().out
     (run,) = client.search_runs([experiment], f"tags.`{ENTRY_POINT_TAG}` = 'register'")
     assert run.info.status == "FINISHED"
     assert run.data.tags["champion_changed"] == "false" and run.data.tags["champion_version"] == champion
