@@ -71,8 +71,8 @@ def test_a_tracking_store_that_cannot_be_read_is_an_error_not_other_data(monkeyp
 def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_way(
         sqlite_store, monkeypatch, capsys):
     """A champion packaged with other kana code is packaged again from its training runs. Where
-    `mlflow gc` purged those, it keeps serving as it is, and `register` says why: neither a
-    failing rerun nor a worse model taking over."""
+    `mlflow gc` purged one of those, it keeps serving as it is, and `register` names the run that
+    is gone: neither a failing rerun nor a worse model taking over."""
     from kana.registry import CHAMPION, CODE_TAG, SELECTION_METRIC, register
     from kana.tracking import ENTRY_POINT_TAG
 
@@ -88,15 +88,16 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
         return run_id
 
     data = finished_run({ENTRY_POINT_TAG: "preprocess"}, dataset_digest="268b37894d9bf1e5")
-    finished_run({ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data, "model_family": "lstm"},
-                 **{SELECTION_METRIC: 0.5})  # worse than the champion
+    kept = finished_run({ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data,
+                         "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
     purged = finished_run({ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
                            "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
     client.create_registered_model("kana-registry-test")
     champion = str(client.create_model_version("kana-registry-test", f"runs:/{purged}/model",
                                                run_id=purged).version)
-    for key, value in {"source_run_id": purged, "model_family": "cnn", SELECTION_METRIC: "0.900000",
-                       "dataset_run_id": data, CODE_TAG: "an-older-kana"}.items():
+    for key, value in {"source_run_id": f"{purged},{kept}", "model_family": "ensemble:cnn+lstm",
+                       SELECTION_METRIC: "0.900000", "dataset_run_id": data,
+                       CODE_TAG: "an-older-kana"}.items():
         client.set_model_version_tag("kana-registry-test", champion, key, value)
     client.set_registered_model_alias("kana-registry-test", CHAMPION, champion)
     client.delete_run(purged)
