@@ -276,7 +276,7 @@ def _is_one_strokes_points(obj) -> bool:
         return False
     first = obj[0]
     if isinstance(first, np.ndarray):
-        return first.ndim == 1 and first.shape == (2,) and first.dtype.kind in _NUMBER_KINDS
+        return first.shape == (2,) and first.dtype.kind in _NUMBER_KINDS
     return (isinstance(first, (list, tuple)) and len(first) == 2
             and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
                     for v in first))
