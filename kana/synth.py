@@ -618,8 +618,8 @@ def synthesize_dataset(
     `max_strokes`: a stroke is lifted midway only where the sample then has at most that many
     (the class set's most; default: the most any class allows).
 
-    Each class gets its own Generator derived from (seed, class index), so results do not depend
-    on the order or subset of classes synthesized.
+    Each class gets its own Generator derived from (seed, CRC-32 of its label), so results do not
+    depend on the order or subset of classes synthesized.
     """
     out = []
     for kana in classes:

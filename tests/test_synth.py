@@ -132,6 +132,9 @@ def test_synthesis_is_seeded_and_independent_of_class_subset():
         assert la == lb and all(np.array_equal(x, y) for x, y in zip(sa, sb))
     for (la, sa), (lc, sc) in zip(a[9:], c):
         assert la == lc and all(np.array_equal(x, y) for x, y in zip(sa, sc))
+    e = synthesize_dataset(classes[4:2:-1], 3, seed=7)  # the same classes in the other order
+    for (la, sa), (le, se) in zip(a[12:] + a[9:12], e):
+        assert la == le and all(np.array_equal(x, y) for x, y in zip(sa, se))
     d = synthesize_dataset(classes[:1], 3, seed=8)
     assert not np.array_equal(a[0][1][0], d[0][1][0])
 
