@@ -123,18 +123,23 @@ def test_joined_strokes_give_the_lower_allowed_count():
     assert counts == {3, 4}
 
 
+def same_samples(xs: list, ys: list) -> bool:
+    """Two lists of (label, strokes) equal pair by pair: as many samples, the same labels, stroke
+    counts and points (zip alone would pass a list cut short)."""
+    return len(xs) == len(ys) and all(
+        lx == ly and len(sx) == len(sy) and all(np.array_equal(p, q) for p, q in zip(sx, sy))
+        for (lx, sx), (ly, sy) in zip(xs, ys))
+
+
 def test_synthesis_is_seeded_and_independent_of_class_subset():
     classes = list(class_set("basic46"))
     a = synthesize_dataset(classes[:5], 3, seed=7)
     b = synthesize_dataset(classes[:5], 3, seed=7)
     c = synthesize_dataset(classes[3:5], 3, seed=7)
-    for (la, sa), (lb, sb) in zip(a, b):
-        assert la == lb and all(np.array_equal(x, y) for x, y in zip(sa, sb))
-    for (la, sa), (lc, sc) in zip(a[9:], c):
-        assert la == lc and all(np.array_equal(x, y) for x, y in zip(sa, sc))
+    assert same_samples(a, b)
+    assert same_samples(a[9:], c)
     e = synthesize_dataset(classes[4:2:-1], 3, seed=7)  # the same classes in the other order
-    for (la, sa), (le, se) in zip(a[12:] + a[9:12], e):
-        assert la == le and all(np.array_equal(x, y) for x, y in zip(sa, se))
+    assert same_samples(a[12:] + a[9:12], e)
     d = synthesize_dataset(classes[:1], 3, seed=8)
     assert not np.array_equal(a[0][1][0], d[0][1][0])
 
