@@ -512,33 +512,34 @@ def read_tegaki_charcol(path: str | os.PathLike, canvas: float = 1000.0) -> Iter
 
 
 def read_tomoe_tdic(path: str | os.PathLike, canvas: float = 320.0) -> Iterator[tuple[str, object]]:
-    """Tomoe dictionaries (`.tdic`): a character line, `:n` stroke count, then one
-    `:m (x y) (x y) ...` line per stroke, on a 320x320 canvas with y down."""
+    """Tomoe dictionaries (`.tdic`): a character line, `:n` its stroke count, then n lines
+    `:m (x y) (x y) ...` of m points each, on a 320x320 canvas with y down. The counts are checked:
+    an entry cut short or a point damaged is a named rejection, not read as another drawing."""
     path = Path(path)
     try:
         text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidSample("unreadable", f"{path.name}: not UTF-8 ({exc})") from None
     half = canvas / 2.0
-    entries: list[tuple[str, list[str]]] = []  # a character and the point text of its strokes
+    entries: list[tuple[str, list[str]]] = []  # a character and its `:` lines (the stroke count first)
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         if not line.startswith(":"):
             entries.append((line, []))
-            continue
-        if not entries:
-            continue
-        body = line[1:].split("(", 1)
-        if len(body) == 1:  # the stroke-count line
-            continue
-        entries[-1][1].append(body[1])
-    for k, (character, stroke_texts) in enumerate(entries):
+        elif entries:
+            entries[-1][1].append(line[1:])
+    for k, (character, counted_lines) in enumerate(entries):
         where = f"{path.name}#{k}"
         try:
             cid = _id_for_character(character, where)
-            strokes = [_tdic_points(points_text, half) for points_text in stroke_texts]
+            stroke_texts = counted_lines[1:]
+            declared = _tdic_count(counted_lines[0], where) if counted_lines else 0
+            if declared != len(stroke_texts):
+                raise InvalidSample("bad_structure",
+                                    f"{where}: declares {declared} strokes, holds {len(stroke_texts)}")
+            strokes = [_tdic_points(t, half, f"{where}: stroke {i + 1}") for i, t in enumerate(stroke_texts)]
             yield cid, parse_strokes(strokes, where)
         except InvalidSample as exc:
             yield None, exc
@@ -599,14 +600,29 @@ def _record_char_id(record: Mapping, where: str) -> str:
     return _id_for_character(character, where)
 
 
-def _tdic_points(text: str, half: float) -> list[tuple[float, float]]:
-    """`(x y) (x y) ...` after a Tomoe stroke line's first parenthesis, flipped to y up."""
-    points = []
-    for pair in text.replace(")", " ").split("("):
-        nums = pair.split()
-        if len(nums) == 2:
-            points.append((float(nums[0]) / half - 1.0, 1.0 - float(nums[1]) / half))
-    return points
+_TDIC_POINT = re.compile(r"\(\s*([^\s()]+)\s+([^\s()]+)\s*\)")  # "(x y)"; its numbers are read by float()
+
+
+def _tdic_count(text: str, where: str) -> int:
+    """A count on a Tomoe `:` line (of strokes, or of a stroke's points)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidSample("bad_structure", f"{where}: {text.strip()!r:.40} is not a count") from None
+
+
+def _tdic_points(text: str, half: float, where: str) -> list[tuple[float, float]]:
+    """A Tomoe stroke line after its colon, `m (x y) (x y) ...`, as points flipped to y up."""
+    count, paren, points_text = text.partition("(")
+    points_text = paren + points_text
+    left = _TDIC_POINT.sub(" ", points_text).strip()
+    if left:
+        raise InvalidSample("bad_type", f"{where}: {left!r:.40} is not a point (x y)")
+    pairs = _TDIC_POINT.findall(points_text)
+    declared = _tdic_count(count, where)
+    if declared != len(pairs):
+        raise InvalidSample("bad_structure", f"{where}: declares {declared} points, holds {len(pairs)}")
+    return [(float(x) / half - 1.0, 1.0 - float(y) / half) for x, y in pairs]
 
 
 # Files of many samples each, and their readers: each yields (char_id, strokes) or
