@@ -641,25 +641,27 @@ def _mutated(data: bytes, rng: np.random.Generator) -> bytes:
 def test_a_tomoe_entry_that_does_not_hold_what_it_declares_is_named_not_read_as_another_drawing(tmp_path):
     """Tomoe's lines say how many strokes and points follow: a point lost to damage, or an entry
     cut short, read as a different drawing (a stroke of one point, a character a stroke short)."""
-    damaged = {
-        "a point of one number": ("い\n:2\n:2 (80 60) (100)\n:2 (230 90) (250 200)\n", "(100)"),
-        "a point of three": ("い\n:2\n:2 (80 60 70) (100 250)\n:2 (230 90) (250 200)\n", "(80 60 70)"),
-        "text between points": ("い\n:2\n:2 (80 60) garbage (100 250)\n:2 (230 90) (250 200)\n", "garbage"),
-        "fewer points than declared": ("い\n:2\n:3 (80 60) (100 250)\n:2 (230 90) (250 200)\n",
-                                       "stroke 1: declares 3 points, holds 2"),
-        "fewer strokes than declared": ("い\n:3\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n",
-                                        "declares 3 strokes, holds 2"),
-        "a count that is no number": ("い\n:two\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n", "'two'"),
+    damaged = {  # each entry, and what its rejection says after "t.tdic#<k>: "
+        "い\n:2\n:2 (80 60) (100)\n:2 (230 90) (250 200)\n": ("bad_type", "stroke 1: '(100)' is not a point (x y)"),
+        "い\n:2\n:2 (80 60 70) (100 250)\n:2 (230 90) (250 200)\n":
+            ("bad_type", "stroke 1: '(80 60 70)' is not a point (x y)"),
+        "い\n:2\n:2 (80 60) garbage (100 250)\n:2 (230 90) (250 200)\n":
+            ("bad_type", "stroke 1: 'garbage' is not a point (x y)"),
+        "い\n:2\n:3 (80 60) (100 250)\n:2 (230 90) (250 200)\n":
+            ("bad_structure", "stroke 1: declares 3 points, holds 2"),
+        "い\n:3\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n": ("bad_structure", "declares 3 strokes, holds 2"),
+        "い\n:two\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n": ("bad_structure", "'two' is not a count"),
     }
-    (tmp_path / "t.tdic").write_text("".join(text for text, _ in damaged.values()) + TDIC_I, encoding="utf-8")
+    (tmp_path / "t.tdic").write_text("".join(damaged) + TDIC_I, encoding="utf-8")
     read = list(read_tomoe_tdic(tmp_path / "t.tdic"))
-    assert [cid for cid, _ in read] == [None] * len(damaged) + ["i"]  # the good entry after them is kept
-    for k, (case, (_, named)) in enumerate(damaged.items()):
-        assert isinstance(read[k][1], InvalidSample) and read[k][1].reason in ("bad_type", "bad_structure"), case
-        assert str(read[k][1]).startswith(f"t.tdic#{k}: ") and named in str(read[k][1]), (case, str(read[k][1]))
+    assert [(cid, exc.reason, str(exc)) for cid, exc in read[:-1]] == [
+        (None, reason, f"t.tdic#{k}: {message}") for k, (reason, message) in enumerate(damaged.values())]
+    (tmp_path / "i.tdic").write_text(TDIC_I, encoding="utf-8")
+    (_, alone), = read_tomoe_tdic(tmp_path / "i.tdic")
+    assert read[-1][0] == "i" and [s.tolist() for s in read[-1][1]] == [s.tolist() for s in alone]  # kept
     (tmp_path / "z.tdic").write_text("い\n:2\n:0\n:2 (230 90) (250 200)\n", encoding="utf-8")
     (_, empty), = read_tomoe_tdic(tmp_path / "z.tdic")  # a stroke of no points is one, not the count
-    assert empty.reason == "empty_stroke" and "stroke 1" in str(empty)
+    assert (empty.reason, str(empty)) == ("empty_stroke", "z.tdic#0: stroke 1: has no points")
 
 
 def test_damaged_files_of_every_format_never_stop_the_load(tmp_path):
