@@ -3,11 +3,13 @@
 MLflow's multistep-workflow pattern: each step is `mlflow.run` of this project's own entry point,
 and a FINISHED run of that entry point with the same parameters, the same git commit and the same
 kana code (`kana.tracking.code_digest`, which sees edits not yet committed) is reused instead of
-run again (so a rerun of `main` after a crash picks up where it stopped).
+run again (so a rerun of `main` after a crash picks up where it stopped). MLflow Projects runs
+each step in the project folder, whatever folder `main` was started from (`kana main`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -40,6 +42,16 @@ def _already_ran(entry_point: str, parameters: dict, commit: str | None):
         if all(run.data.params.get(k) == v for k, v in wanted.items()):
             return run
     return None
+
+
+def folder_for_steps(folder: str) -> str:
+    """`folder` as the steps must be given it. They run in the project folder, so a folder named
+    relative to another working folder (`kana main` started elsewhere) goes to them as an absolute
+    path, and an absent one (only the default raw_dir may be: `check_raw_dir`) as '' (synthetic
+    samples alone); else the steps would read another folder, or the project's own data/raw, unsaid."""
+    if not folder or Path(folder).is_absolute() or Path.cwd().resolve() == PROJECT_DIR:
+        return folder
+    return os.path.abspath(folder) if os.path.lexists(folder) else ""
 
 
 def _get_or_run(entry_point: str, parameters: dict, commit: str | None, reuse: bool):
@@ -91,7 +103,11 @@ def main(
                    kanji_classes=kanji_classes, kanji_per_class=kanji_per_class, base_epochs=base_epochs)
     check_raw_dir(raw_dir)
     check_raw_folder("real_dir", real_dir)
-    commit = git_commit()
+    given_raw_dir, raw_dir, real_dir = raw_dir, folder_for_steps(raw_dir), folder_for_steps(real_dir)
+    if given_raw_dir and not raw_dir:
+        print(f"raw_dir {given_raw_dir!r} does not exist (looked from {Path.cwd()}): "
+              "using synthetic samples only")
+    commit = git_commit(PROJECT_DIR)
     with kana_run("main", run_name=f"main-{class_set}"):
         log_params({
             "class_set": class_set, "synthetic_per_class": synthetic_per_class,

@@ -121,10 +121,12 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def git_commit() -> str | None:
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in `folder` (as MLflow Projects tags a step run there), or None."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10,
+            check=True,
         )
         return out.stdout.strip()
     except Exception:

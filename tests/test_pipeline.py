@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +19,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import MODEL_NAME, PROJECT_DIR, TINY, free_port, left_in_temp_folder, server_process
+from conftest import (EXPERIMENT, MODEL_NAME, PROJECT_DIR, TINY, free_port, left_in_temp_folder,
+                      server_process)
 from kana.classes import class_set
 
 FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
@@ -388,6 +391,33 @@ def test_rerunning_main_reuses_finished_steps_and_keeps_the_champion(pipeline):
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion
     assert len(pipeline.runs("register")) == 2
     assert pipeline.runs("register")[0].data.tags["champion_changed"] == "false"
+
+
+def test_kana_main_started_in_another_git_checkout_hands_the_steps_its_folders(pipeline, tmp_path):
+    """`kana main` from a user's own folder, a git checkout of something else, naming the raw and
+    real folders relative to it: the steps, which MLflow Projects runs in the project folder, get
+    the same folders (they read the project's folder, or none, before), and kana's own commit
+    (they got the user's, so nothing was reused), so every step is reused."""
+    elsewhere = pipeline.tmp / "users-own-checkout"
+    elsewhere.mkdir()
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.org"]
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "theirs"]):
+        subprocess.run([*git, *args], cwd=elsewhere, check=True)
+    before = {ep: len(pipeline.runs(ep)) for ep in ("preprocess", *FAMILIES.values())}
+    champion = MlflowClient(pipeline.tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion")
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "kana.cli", "main", *options, "--raw-dir", "../raw", "--real-dir", "../real"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "KANA_EXPERIMENT": EXPERIMENT, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {ep: len(pipeline.runs(ep)) for ep in before} == before, done.stdout[-3000:]
+    main_run = pipeline.runs("main")[0]
+    assert main_run.data.params["raw_dir"] == str(pipeline.raw_dir)
+    assert main_run.data.params["real_dir"] == str(pipeline.real_dir)
+    latest = MlflowClient(pipeline.tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert latest.version == champion.version
 
 
 # --------------------------------------------------------------------------- serving over HTTP
