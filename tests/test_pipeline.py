@@ -420,6 +420,21 @@ def test_kana_main_started_in_another_git_checkout_hands_the_steps_its_folders(p
     assert latest.version == champion.version
 
 
+def test_folders_named_from_another_folder_reach_the_steps_as_that_folder_sees_them(tmp_path, monkeypatch):
+    """The default raw_dir, absent where `kana main` started, reaches the steps as '' (synthetic
+    samples alone), not as the project's own data/raw; from the project folder nothing changes."""
+    from kana.pipeline import folder_for_steps
+
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path / "mine")
+    assert folder_for_steps("data/raw") == ""
+    assert folder_for_steps("../mine/./") == str(tmp_path / "mine")
+    assert folder_for_steps("") == ""
+    monkeypatch.chdir(PROJECT_DIR)
+    assert folder_for_steps("data/raw") == "data/raw"
+    assert folder_for_steps("../elsewhere") == "../elsewhere"
+
+
 # --------------------------------------------------------------------------- serving over HTTP
 
 
