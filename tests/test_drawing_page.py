@@ -398,3 +398,58 @@ def test_draw_see_guess_undo_save_in_chromium(page, browser, tmp_path):
     driver.find_element(By.ID, "clear").click()
     wait.until(lambda d: count.text == "0 strokes")
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#guesses li"))
+
+
+def _touch(driver, canvas, ticks):
+    """Two fingers on the canvas, tick by tick: each tick is (finger, action, (x, y)) with finger
+    1 or 2, action "down", "move" or "up", and (x, y) in app coordinates for "down" and "move"."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    half = canvas.size["width"] / 2
+    builder = ActionBuilder(driver)
+    fingers = {k: builder.add_pointer_input(interaction.POINTER_TOUCH, f"finger{k}") for k in (1, 2)}
+    for finger, action, xy in ticks:
+        other = fingers[3 - finger]
+        me = fingers[finger]
+        if action in ("down", "move"):
+            me.create_pointer_move(x=round(xy[0] * half), y=round(-xy[1] * half), origin=canvas, duration=0)
+            other.create_pause(0)
+        if action == "down":
+            me.create_pointer_down()
+        elif action == "up":
+            me.create_pointer_up(0)
+        if action != "move":
+            other.create_pause(0)
+    builder.perform()
+
+
+def test_a_second_finger_on_the_canvas_neither_breaks_nor_joins_the_stroke_being_drawn(page, browser):
+    """On a touch screen a resting palm or a second finger lands mid-stroke: the stroke is the
+    first finger's alone, whichever lifts first, and the next stroke starts cleanly."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = page
+    driver = browser
+    driver.get(url)
+    wait = WebDriverWait(driver, 20)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    canvas = driver.find_element(By.ID, "canvas")
+    count = driver.find_element(By.ID, "count")
+    first = [(-0.6, 0.5), (-0.3, 0.5), (0.0, 0.5), (0.3, 0.5)]
+    second = [(0.0, 0.2), (0.0, -0.1), (0.0, -0.4)]
+    # the second finger lands, moves and lifts while the first draws on
+    _touch(driver, canvas, [(1, "down", first[0]), (1, "move", first[1]), (2, "down", (0.6, -0.6)),
+                            (2, "move", (0.7, -0.7)), (1, "move", first[2]), (2, "up", None),
+                            (1, "move", first[3]), (1, "up", None)])
+    wait.until(lambda d: count.text == "1 stroke")
+    # the first finger lifts while the second, which landed mid-stroke, moves on
+    _touch(driver, canvas, [(1, "down", second[0]), (2, "down", (-0.6, -0.6)), (1, "move", second[1]),
+                            (1, "move", second[2]), (1, "up", None), (2, "move", (-0.5, -0.7)),
+                            (2, "move", (-0.4, -0.8)), (2, "up", None)])
+    wait.until(lambda d: count.text == "2 strokes")
+    drawn = driver.execute_script("return window.kanaSample()")
+    assert sorted(drawn) == ["1", "2"]
+    for key, expected in (("1", first), ("2", second)):
+        np.testing.assert_allclose(drawn[key], expected, atol=0.01)
