@@ -308,23 +308,29 @@ def _draw_stroke(driver, canvas, stroke):
     chain.release().perform()
 
 
+def _open_page(driver, url):
+    """The page loaded and ready: a waiter, its canvas and its stroke count."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    wait = WebDriverWait(driver, 20)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    return wait, driver.find_element(By.ID, "canvas"), driver.find_element(By.ID, "count")
+
+
 def test_draw_see_guess_undo_save_in_chromium(page, browser, tmp_path):
     from PIL import Image, ImageDraw
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select, WebDriverWait
-
+    from selenium.webdriver.support.ui import Select
 
     url, raw_dir = page
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     cid, strokes = _confident_sample(model, ["ka", "ki", "sa", "no", "ta", "ma", "ho"],
                                      np.random.default_rng(5))
     driver = browser
-    driver.get(url)
-    wait = WebDriverWait(driver, 20)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-    canvas = driver.find_element(By.ID, "canvas")
-    count = driver.find_element(By.ID, "count")
+    wait, canvas, count = _open_page(driver, url)
 
     def top_guess():
         # read in one script: the page replaces the list when a guess comes back, and an element
@@ -427,16 +433,9 @@ def _touch(driver, canvas, ticks):
 def test_a_second_finger_on_the_canvas_neither_breaks_nor_joins_the_stroke_being_drawn(page, browser):
     """On a touch screen a resting palm or a second finger lands mid-stroke: the stroke is the
     first finger's alone, whichever lifts first, and the next stroke starts cleanly."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     url, _ = page
     driver = browser
-    driver.get(url)
-    wait = WebDriverWait(driver, 20)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-    canvas = driver.find_element(By.ID, "canvas")
-    count = driver.find_element(By.ID, "count")
+    wait, canvas, count = _open_page(driver, url)
     first = [(-0.6, 0.5), (-0.3, 0.5), (0.0, 0.5), (0.3, 0.5)]
     second = [(0.0, 0.2), (0.0, -0.1), (0.0, -0.4)]
     # the second finger lands, moves and lifts while the first draws on
