@@ -452,3 +452,31 @@ def test_a_second_finger_on_the_canvas_neither_breaks_nor_joins_the_stroke_being
     assert sorted(drawn) == ["1", "2"]
     for key, expected in (("1", first), ("2", second)):
         np.testing.assert_allclose(drawn[key], expected, atol=0.01)
+
+
+def test_a_character_list_that_does_not_load_turns_saving_off_and_says_why(page, browser):
+    """The server gone between loading the page and asking for the character list: the page says
+    so and why, Save is off (with nothing to save as), and drawing and guessing still work."""
+    from selenium.webdriver.common.by import By
+
+    url, _ = page
+    driver = browser
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/api/classes"]})
+    try:
+        wait, canvas, count = _open_page(driver, url)
+    finally:
+        driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        driver.execute_cdp_cmd("Network.disable", {})
+    status = driver.find_element(By.ID, "status")
+    assert status.text.startswith("Could not load the character list: ")
+    assert "Reload the page" in status.text and status.get_attribute("class") == "error"
+    save = driver.find_element(By.ID, "save")
+    assert not save.is_enabled()
+    options = driver.find_elements(By.CSS_SELECTOR, "#char option")
+    assert [(o.get_attribute("value"), o.text) for o in options] == [("", "(list did not load)")]
+
+    _draw_stroke(driver, canvas, [(-0.5, 0.2), (0.0, 0.25), (0.5, 0.2)])
+    wait.until(lambda d: count.text == "1 stroke")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#guesses li")) == 5)
+    assert not save.is_enabled()  # a guess clears the message; the list still says why Save is off
