@@ -500,15 +500,12 @@ def read_tegaki_charcol(path: str | os.PathLike, canvas: float = 1000.0) -> Iter
         where = f"{path.name}#{k}"
         try:
             cid = _id_for_character(char.findtext("utf8") or "", where)
-            strokes = []
-            for stroke in char.iter("stroke"):
-                pts = [(float(p.get("x")), float(p.get("y"))) for p in stroke.iter("point")]
-                strokes.append([(x / half - 1.0, 1.0 - y / half) for x, y in pts])
+            strokes = [_canvas_points([(p.get("x"), p.get("y")) for p in stroke.iter("point")],
+                                      half, f"{where}: stroke {i + 1}")
+                       for i, stroke in enumerate(char.iter("stroke"))]
             yield cid, parse_strokes(strokes, where)
         except InvalidSample as exc:
             yield None, exc
-        except (TypeError, ValueError) as exc:
-            yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
 
 
 def read_tomoe_tdic(path: str | os.PathLike, canvas: float = 320.0) -> Iterator[tuple[str, object]]:
@@ -543,8 +540,6 @@ def read_tomoe_tdic(path: str | os.PathLike, canvas: float = 320.0) -> Iterator[
             yield cid, parse_strokes(strokes, where)
         except InvalidSample as exc:
             yield None, exc
-        except ValueError as exc:
-            yield None, InvalidSample("bad_type", f"{where}: bad point ({exc})")
 
 
 def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
@@ -622,7 +617,20 @@ def _tdic_points(text: str, half: float, where: str) -> list[tuple[float, float]
     declared = _tdic_count(count, where)
     if declared != len(pairs):
         raise InvalidSample("bad_structure", f"{where}: declares {declared} points, holds {len(pairs)}")
-    return [(float(x) / half - 1.0, 1.0 - float(y) / half) for x, y in pairs]
+    return _canvas_points(pairs, half, where)
+
+
+def _canvas_points(pairs, half: float, where: str) -> list[tuple[float, float]]:
+    """(x, y) texts on a y-down canvas `2 * half` wide, as the app's coordinates (y up). A point
+    that is not two numbers is named by its number in the stroke `where` names."""
+    points = []
+    for n, (x, y) in enumerate(pairs, 1):
+        try:
+            points.append((float(x) / half - 1.0, 1.0 - float(y) / half))
+        except (TypeError, ValueError):  # TypeError: an XML point without its x or y (None)
+            raise InvalidSample("bad_type", f"{where}: point {n} (x {x!r:.20}, y {y!r:.20}) "
+                                "is not two numbers") from None
+    return points
 
 
 # Files of many samples each, and their readers: each yields (char_id, strokes) or

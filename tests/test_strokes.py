@@ -452,6 +452,8 @@ def test_load_raw_dir_keeps_valid_samples_beside_bad_ones(tmp_path):
         "alice/hira.tdic#1": "unknown_char_id",
         "alice/c.charcol.gz#1": "bad_type",
     }
+    bad_point = next(r.message for r in report.rejections if r.path == "alice/c.charcol.gz#1")
+    assert bad_point == "c.charcol.gz#1: stroke 1: point 1 (x '200', y 'bad') is not two numbers"
     assert not (tmp_path / "pwned").exists()
     assert report.not_read == ["alice/notes.txt"]
     assert {s.source for s in report.samples} == {"alice"}
@@ -525,7 +527,8 @@ def test_a_bad_part_of_a_file_is_a_named_rejection_and_the_rest_is_kept(tmp_path
         "bob/i4.json": "unreadable",
     }
     assert "4300 digits" in rejected["bob/i4.json"][1]
-    assert "1O0" in rejected["bob/d.tdic#0"][1] and "nested too deeply" in rejected["bob/i1.json"][1]
+    assert rejected["bob/d.tdic#0"][1] == "d.tdic#0: stroke 1: point 2 (x '1O0', y '250') is not two numbers"
+    assert "nested too deeply" in rejected["bob/i1.json"][1]
     assert "UTF-9" in rejected["bob/e.charcol"][1] and "inf" in rejected["bob/i3.pickle"][1]
 
 
