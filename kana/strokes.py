@@ -511,25 +511,31 @@ def read_tegaki_charcol(path: str | os.PathLike, canvas: float = 1000.0) -> Iter
 def read_tomoe_tdic(path: str | os.PathLike, canvas: float = 320.0) -> Iterator[tuple[str, object]]:
     """Tomoe dictionaries (`.tdic`): a character line, `:n` its stroke count, then n lines
     `:m (x y) (x y) ...` of m points each, on a 320x320 canvas with y down. The counts are checked:
-    an entry cut short or a point damaged is a named rejection, not read as another drawing."""
+    an entry cut short or a point damaged is a named rejection, not read as another drawing, and
+    so are `:` lines before the first character line (as `#0`)."""
     path = Path(path)
     try:
         text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidSample("unreadable", f"{path.name}: not UTF-8 ({exc})") from None
     half = canvas / 2.0
-    entries: list[tuple[str, list[str]]] = []  # a character and its `:` lines (the stroke count first)
+    entries: list[tuple[str | None, list[str]]] = []  # a character, its `:` lines (stroke count first)
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         if not line.startswith(":"):
             entries.append((line, []))
-        elif entries:
+        else:
+            if not entries:  # `:` lines before any character (its line lost): named, not dropped
+                entries.append((None, []))
             entries[-1][1].append(line[1:])
     for k, (character, counted_lines) in enumerate(entries):
         where = f"{path.name}#{k}"
         try:
+            if character is None:
+                raise InvalidSample("bad_structure", f"{where}: ':' lines ({len(counted_lines)}) before "
+                                    "the first character line belong to no character")
             cid = _id_for_character(character, where)
             stroke_texts = counted_lines[1:]
             declared = _tdic_count(counted_lines[0], where) if counted_lines else 0

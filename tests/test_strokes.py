@@ -662,6 +662,12 @@ def test_a_tomoe_entry_that_does_not_hold_what_it_declares_is_named_not_read_as_
     (tmp_path / "i.tdic").write_text(TDIC_I, encoding="utf-8")
     (_, alone), = read_tomoe_tdic(tmp_path / "i.tdic")
     assert read[-1][0] == "i" and [s.tolist() for s in read[-1][1]] == [s.tolist() for s in alone]  # kept
+    (tmp_path / "h.tdic").write_text(":2\n:2 (80 60) (100 250)\n:2 (230 90) (250 200)\n" + TDIC_I,
+                                     encoding="utf-8")  # its first character line lost
+    (_, headless), (cid, kept) = read_tomoe_tdic(tmp_path / "h.tdic")
+    assert (headless.reason, str(headless)) == (
+        "bad_structure", "h.tdic#0: ':' lines (3) before the first character line belong to no character")
+    assert cid == "i" and [s.tolist() for s in kept] == [s.tolist() for s in alone]
     (tmp_path / "z.tdic").write_text("い\n:2\n:0\n:2 (230 90) (250 200)\n", encoding="utf-8")
     (_, empty), = read_tomoe_tdic(tmp_path / "z.tdic")  # a stroke of no points is one, not the count
     assert (empty.reason, str(empty)) == ("empty_stroke", "z.tdic#0: stroke 1: has no points")
