@@ -6,12 +6,14 @@ logged, so no network runs here). Choosing uses `val_balanced_accuracy` only (te
 metrics are for reporting); a tie goes to the ensemble, whose members read a sample in different
 ways (rasters and pen paths) and so disagree less on writing unlike the synthetic data. The winner
 is logged as a `KanaClassifier` pyfunc and registered (default name `kana-classifier`) with version
-tags `source_run_id` (comma-separated for an ensemble), `model_family` and
-`val_balanced_accuracy`, and alias `champion` points at it. A rerun that finds nothing better than
-the current champion leaves the alias where it is, unless the champion's pyfunc carries other kana
-code (version tag `kana_code_digest`): then the same models are packaged again with this code as
-a new version, so serving fixes reach the served model without a retrain; where its source runs
-were purged (`mlflow gc`), it stays as it is, and `register` says so.
+tags `source_run_id` (comma-separated for an ensemble), `model_family`, `val_balanced_accuracy`,
+`dataset_run_id` and `dataset_digest` (the data it was scored on, kept on the version so that
+the comparison survives the preprocess run's purge), and alias `champion` points at it. A rerun
+that finds nothing better than the current champion on the same data leaves the alias where it
+is, unless the champion's pyfunc carries other kana code (version tag `kana_code_digest`): then
+the same models are packaged again with this code as a new version, so serving fixes reach the
+served model without a retrain; where its source runs were purged (`mlflow gc`), it stays as it
+is, and `register` says so.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TRAIN_ENTRY_POINTS = ("train_cnn", "train_transfer", "train_lstm")
 SELECTION_METRIC = "val_balanced_accuracy"
 ENSEMBLE = "ensemble"
 CODE_TAG = "kana_code_digest"  # which kana code the registered pyfunc carries
+DIGEST_TAG = "dataset_digest"  # the content digest of the data the version was scored on
 
 
 def _champion_candidate(champion, candidates: list) -> "Candidate | None":
@@ -189,12 +192,18 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
         repackaged = False
         if champion is not None:
             score = float(champion.tags.get(SELECTION_METRIC, "-inf"))
-            champion_digest = dataset_digest_of(champion.tags.get("dataset_run_id", ""))
+            # from the version's tag; a version registered before it was written has only the
+            # preprocess run, which `mlflow gc` may have purged (then None: other data)
+            champion_digest = champion.tags.get(DIGEST_TAG) or dataset_digest_of(
+                champion.tags.get("dataset_run_id", ""))
             if champion_digest != digest:
                 # Validation scores on different data don't compare (a changed synthesizer or
                 # new raw data): the best model of the data at hand takes over.
+                scored_on = champion_digest or (f"unknown: its preprocess run "
+                                                f"{champion.tags.get('dataset_run_id')!r} is gone "
+                                                "or holds no digest")
                 print(f"champion version {champion.version} was scored on other data "
-                      f"(dataset {champion_digest}, now {digest}): replacing it")
+                      f"(dataset {scored_on}; now {digest}): replacing it")
             elif champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
                 stays = f"champion stays at version {champion.version} ({SELECTION_METRIC}={score:.4f})"
                 if champion.tags.get(CODE_TAG) == code:
@@ -226,6 +235,7 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
             "model_family": family,
             SELECTION_METRIC: f"{best.score:.6f}",
             "dataset_run_id": dataset_run_id,
+            DIGEST_TAG: digest or "",
             CODE_TAG: code,
         }.items():
             client.set_model_version_tag(model_name, version, key, value)

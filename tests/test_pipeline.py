@@ -167,6 +167,8 @@ def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path
         assert version.tags["model_family"] == best.data.tags["model_family"]
         assert version.tags["val_balanced_accuracy"] == f"{best.data.metrics['val_balanced_accuracy']:.6f}"
     assert register.data.metrics["val_balanced_accuracy"] == pytest.approx(float(version.tags["val_balanced_accuracy"]), abs=1e-6)
+    assert version.tags["dataset_digest"] == client.get_run(
+        version.tags["dataset_run_id"]).data.params["dataset_digest"]  # kept should that run be purged
     summary = client.download_artifacts(pipeline.main_run_id, "summary.txt", tmp_path)
     text = open(summary).read()
     assert "champion" in text and all(f in text for f in (*FAMILIES, "ensemble"))
@@ -560,7 +562,8 @@ def test_a_champion_packaged_with_other_kana_code_is_packaged_again(pipeline):
     assert submitted.get_status() == "FINISHED"
     new = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert new.version != old.version
-    for tag in ("source_run_id", "model_family", "val_balanced_accuracy", "dataset_run_id"):
+    for tag in ("source_run_id", "model_family", "val_balanced_accuracy", "dataset_run_id",
+                "dataset_digest"):
         assert new.tags[tag] == old.tags[tag]  # the same models
     assert new.tags["kana_code_digest"] == old.tags["kana_code_digest"] != "an-older-kana"
     assert pipeline.runs("register")[0].data.tags["champion_repackaged"] == "true"

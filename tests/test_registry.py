@@ -16,6 +16,19 @@ from mlflow.tracking import MlflowClient
 from conftest import free_port
 
 
+DIGEST = "268b37894d9bf1e5"  # a dataset's content digest
+
+
+def _finished_run(experiment: str, tags: dict, **values) -> str:
+    """A FINISHED run with these tags, float values logged as metrics and the others as params."""
+    client = MlflowClient()
+    run_id = client.create_run(experiment, tags=tags).info.run_id
+    for key, value in values.items():
+        (client.log_metric if isinstance(value, float) else client.log_param)(run_id, key, value)
+    client.set_terminated(run_id)
+    return run_id
+
+
 @pytest.fixture
 def sqlite_store(tmp_path, monkeypatch, use_tracking_store):
     """A tracking store and registry of its own in SQLite."""
@@ -52,8 +65,8 @@ def test_a_champions_dataset_run_is_none_only_where_it_does_not_exist(sqlite_sto
 
     client = MlflowClient()
     run = client.create_run(client.create_experiment("registry-test"))
-    client.log_param(run.info.run_id, "dataset_digest", "268b37894d9bf1e5")
-    assert dataset_digest_of(run.info.run_id) == "268b37894d9bf1e5"
+    client.log_param(run.info.run_id, "dataset_digest", DIGEST)
+    assert dataset_digest_of(run.info.run_id) == DIGEST
     assert dataset_digest_of("0123456789abcdef0123456789abcdef") is None  # no such run
     assert dataset_digest_of("") is None
 
@@ -80,18 +93,12 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
     client = MlflowClient()
     experiment = client.create_experiment("registry-test")
 
-    def finished_run(tags: dict, **values) -> str:
-        run_id = client.create_run(experiment, tags=tags).info.run_id
-        for key, value in values.items():
-            (client.log_metric if isinstance(value, float) else client.log_param)(run_id, key, value)
-        client.set_terminated(run_id)
-        return run_id
-
-    data = finished_run({ENTRY_POINT_TAG: "preprocess"}, dataset_digest="268b37894d9bf1e5")
-    kept = finished_run({ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data,
-                         "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
-    purged = finished_run({ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
-                           "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
+    data = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
+    kept = _finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data,
+                                      "model_family": "lstm"},
+                         **{SELECTION_METRIC: 0.5})  # worse than the champion
+    purged = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
+                                        "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
     client.create_registered_model("kana-registry-test")
     champion = str(client.create_model_version("kana-registry-test", f"runs:/{purged}/model",
                                                run_id=purged).version)
@@ -113,3 +120,38 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
     (run,) = client.search_runs([experiment], f"tags.`{ENTRY_POINT_TAG}` = 'register'")
     assert run.info.status == "FINISHED"
     assert run.data.tags["champion_changed"] == "false" and run.data.tags["champion_version"] == champion
+
+
+def test_a_champion_whose_dataset_run_was_purged_is_still_weighed_on_its_data(
+        sqlite_store, monkeypatch, capsys):
+    """The version keeps the digest of the data it was scored on: after `mlflow gc` purges its
+    preprocess run, the same data preprocessed again is still the same data, and a worse model
+    trained on it does not take over (it did, the champion read as scored on "other data")."""
+    from kana.registry import CHAMPION, CODE_TAG, SELECTION_METRIC, register
+    from kana.tracking import ENTRY_POINT_TAG, code_digest
+
+    monkeypatch.setenv("KANA_EXPERIMENT", "registry-test")
+    client = MlflowClient()
+    experiment = client.create_experiment("registry-test")
+
+    purged = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
+    best = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": purged,
+                                      "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
+    again = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
+    _finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": again,
+                               "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
+    client.create_registered_model("kana-registry-test")
+    champion = str(client.create_model_version("kana-registry-test", f"runs:/{best}/model",
+                                               run_id=best).version)
+    for key, value in {"source_run_id": best, "model_family": "cnn", SELECTION_METRIC: "0.900000",
+                       "dataset_run_id": purged, "dataset_digest": DIGEST,
+                       CODE_TAG: code_digest()}.items():
+        client.set_model_version_tag("kana-registry-test", champion, key, value)
+    client.set_registered_model_alias("kana-registry-test", CHAMPION, champion)
+    client.delete_run(purged)
+    subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", sqlite_store,
+                    "--run-ids", purged], check=True, capture_output=True)
+
+    assert register(again, "kana-registry-test") == champion
+    assert [str(v.version) for v in client.search_model_versions("name = 'kana-registry-test'")] == [champion]
+    assert f"champion stays at version {champion} ({SELECTION_METRIC}=0.9000)" in capsys.readouterr().out
