@@ -29,6 +29,28 @@ def _finished_run(experiment: str, tags: dict, **values) -> str:
     return run_id
 
 
+def _champion_version(run_id: str, tags: dict) -> str:
+    """A version of model kana-registry-test from run `run_id`, with these version tags, as the
+    champion (the alias on it). Returns its version number."""
+    from kana.registry import CHAMPION
+
+    client = MlflowClient()
+    client.create_registered_model("kana-registry-test")
+    version = str(client.create_model_version("kana-registry-test", f"runs:/{run_id}/model",
+                                              run_id=run_id).version)
+    for key, value in tags.items():
+        client.set_model_version_tag("kana-registry-test", version, key, value)
+    client.set_registered_model_alias("kana-registry-test", CHAMPION, version)
+    return version
+
+
+def _purge(run_id: str, store: str) -> None:
+    """Delete the run and purge it for good, as a user's `mlflow gc` does."""
+    MlflowClient().delete_run(run_id)
+    subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store,
+                    "--run-ids", run_id], check=True, capture_output=True)
+
+
 @pytest.fixture
 def sqlite_store(tmp_path, monkeypatch, use_tracking_store):
     """A tracking store and registry of its own in SQLite."""
@@ -99,17 +121,10 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
                          **{SELECTION_METRIC: 0.5})  # worse than the champion
     purged = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
                                         "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
-    client.create_registered_model("kana-registry-test")
-    champion = str(client.create_model_version("kana-registry-test", f"runs:/{purged}/model",
-                                               run_id=purged).version)
-    for key, value in {"source_run_id": f"{purged},{kept}", "model_family": "ensemble:cnn+lstm",
-                       SELECTION_METRIC: "0.900000", "dataset_run_id": data,
-                       CODE_TAG: "an-older-kana"}.items():
-        client.set_model_version_tag("kana-registry-test", champion, key, value)
-    client.set_registered_model_alias("kana-registry-test", CHAMPION, champion)
-    client.delete_run(purged)
-    subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", sqlite_store,
-                    "--run-ids", purged], check=True, capture_output=True)
+    champion = _champion_version(purged, {
+        "source_run_id": f"{purged},{kept}", "model_family": "ensemble:cnn+lstm",
+        SELECTION_METRIC: "0.900000", "dataset_run_id": data, CODE_TAG: "an-older-kana"})
+    _purge(purged, sqlite_store)
     with pytest.raises(MlflowException, match="not found"):
         client.get_run(purged)
 
@@ -127,7 +142,7 @@ def test_a_champion_whose_dataset_run_was_purged_is_still_weighed_on_its_data(
     """The version keeps the digest of the data it was scored on: after `mlflow gc` purges its
     preprocess run, the same data preprocessed again is still the same data, and a worse model
     trained on it does not take over (it did, the champion read as scored on "other data")."""
-    from kana.registry import CHAMPION, CODE_TAG, SELECTION_METRIC, register
+    from kana.registry import CODE_TAG, SELECTION_METRIC, register
     from kana.tracking import ENTRY_POINT_TAG, code_digest
 
     monkeypatch.setenv("KANA_EXPERIMENT", "registry-test")
@@ -140,17 +155,10 @@ def test_a_champion_whose_dataset_run_was_purged_is_still_weighed_on_its_data(
     again = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
     _finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": again,
                                "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
-    client.create_registered_model("kana-registry-test")
-    champion = str(client.create_model_version("kana-registry-test", f"runs:/{best}/model",
-                                               run_id=best).version)
-    for key, value in {"source_run_id": best, "model_family": "cnn", SELECTION_METRIC: "0.900000",
-                       "dataset_run_id": purged, "dataset_digest": DIGEST,
-                       CODE_TAG: code_digest()}.items():
-        client.set_model_version_tag("kana-registry-test", champion, key, value)
-    client.set_registered_model_alias("kana-registry-test", CHAMPION, champion)
-    client.delete_run(purged)
-    subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", sqlite_store,
-                    "--run-ids", purged], check=True, capture_output=True)
+    champion = _champion_version(best, {
+        "source_run_id": best, "model_family": "cnn", SELECTION_METRIC: "0.900000",
+        "dataset_run_id": purged, "dataset_digest": DIGEST, CODE_TAG: code_digest()})
+    _purge(purged, sqlite_store)
 
     assert register(again, "kana-registry-test") == champion
     assert [str(v.version) for v in client.search_model_versions("name = 'kana-registry-test'")] == [champion]
