@@ -45,6 +45,8 @@ from kana.strokes import (
 from kana.synth import synthesize_dataset
 
 SPLITS = ("train", "val", "test")
+# the fewest samples of one class from one source that give val one: round(5 * 0.1) is 0
+SMALLEST_GROUP_WITH_VAL = 6
 SYNTHETIC_SOURCE = "synthetic-kanjivg"
 PARALLEL_MIN_SAMPLES = 2000  # below this, process start-up costs more than it saves
 CHUNK_SAMPLES = 256  # samples (or raw files) a worker takes at a time
@@ -465,6 +467,12 @@ def preprocess(
             why = (f"{len(rejected)} rejected, each printed above" if len(rejected) else
                    f"no raw samples{f' in {raw_dir}' if raw_dir else ''}, synthetic_per_class 0")
             raise ValueError(f"preprocess kept no samples ({why}): nothing to train on")
+        if not meta["split_sizes"]["val"]:  # else all three trainers ran and only register failed
+            raise ValueError(
+                f"preprocess made no validation samples (split {meta['split_sizes']}): a class's "
+                f"samples from one source give validation one only from {SMALLEST_GROUP_WITH_VAL} "
+                "on, and without a validation score no model can be chosen; set "
+                f"synthetic_per_class to {SMALLEST_GROUP_WITH_VAL} or more")
         kept = ds.manifest[ds.manifest.reason == ""]
         counts = kept.groupby(["char_id", "split"]).size().unstack(fill_value=0)
         counts = counts.reindex(index=meta["class_ids"], columns=list(SPLITS), fill_value=0)

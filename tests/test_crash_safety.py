@@ -27,7 +27,7 @@ def new_store(tmp_path, monkeypatch, use_tracking_store):
 def test_killed_preprocess_is_never_picked_up(new_store):
     new_store("crash")
     cmd = [sys.executable, "-m", "entrypoints.preprocess", "--raw-dir", "", "--class-set", "basic46"]
-    done = subprocess.run(cmd + ["--synthetic-per-class", "2"], cwd=PROJECT_DIR, env=os.environ,
+    done = subprocess.run(cmd + ["--synthetic-per-class", "6"], cwd=PROJECT_DIR, env=os.environ,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     from kana.dataset import load_dataset
@@ -65,7 +65,7 @@ def test_preprocess_runs_at_once_do_not_clobber_each_other(new_store):
     from kana.dataset import load_dataset
 
     exp = new_store("concurrent")
-    cmd = _entry("preprocess", "--raw-dir", "", "--class-set", "basic46", "--synthetic-per-class", 4)
+    cmd = _entry("preprocess", "--raw-dir", "", "--class-set", "basic46", "--synthetic-per-class", 6)
     # three at once on two cores: they also race to record the same dataset in the store
     procs = [subprocess.Popen(cmd, cwd=PROJECT_DIR, env=os.environ, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(3)]
@@ -147,3 +147,17 @@ def test_a_preprocess_that_keeps_no_samples_fails_and_is_never_picked_up(new_sto
     assert [r.info.status for r in MlflowClient().search_runs([exp])] == ["FAILED"]
     with pytest.raises(RuntimeError, match="no FINISHED preprocess run found"):
         load_dataset()
+
+
+def test_a_preprocess_with_no_validation_samples_fails_before_any_training(new_store):
+    """Five synthetic samples per class and no raw data split 4/0/1 in every class: the run
+    FINISHED, all three trainers ran on it, and only `register` failed (no val score to choose
+    by). Now the preprocess run fails, saying how many samples per class val needs."""
+    from kana.dataset import SMALLEST_GROUP_WITH_VAL, preprocess
+
+    exp = new_store("no-val")
+    with pytest.raises(ValueError, match=(
+            r"no validation samples \(split \{'train': 184, 'val': 0, 'test': 46\}\).*"
+            f"synthetic_per_class to {SMALLEST_GROUP_WITH_VAL} or more")):
+        preprocess(raw_dir="", class_set="basic46", synthetic_per_class=5)
+    assert [r.info.status for r in MlflowClient().search_runs([exp])] == ["FAILED"]

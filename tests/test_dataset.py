@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from kana.dataset import build_dataset, read_dataset, save_dataset, split_per_source_and_class
+from kana.dataset import (SMALLEST_GROUP_WITH_VAL, build_dataset, read_dataset, save_dataset,
+                          split_per_source_and_class)
 from kana.strokes import save_app_pickle
 from kana.synth import synthesize_sample
 from kana.classes import get_class
@@ -25,6 +26,13 @@ def test_split_is_70_10_20_within_every_source_and_class_and_seeded():
 
 def test_single_sample_groups_go_to_train():
     assert split_per_source_and_class(["x"], ["a"], seed=0).tolist() == [0]
+
+
+def test_val_gets_its_first_sample_from_a_group_of_six():
+    val_sizes = [int((split_per_source_and_class(["x"] * n, ["a"] * n, seed=0) == 1).sum())
+                 for n in range(1, 9)]
+    assert val_sizes == [0, 0, 0, 0, 0, 1, 1, 1]  # round(0.5) is 0: a group of 5 gives val none
+    assert SMALLEST_GROUP_WITH_VAL == 6
 
 
 @pytest.fixture
