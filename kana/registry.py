@@ -192,16 +192,15 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
         repackaged = False
         if champion is not None:
             score = float(champion.tags.get(SELECTION_METRIC, "-inf"))
+            champion_dataset = champion.tags.get("dataset_run_id", "")
             # from the version's tag; a version registered before it was written has only the
             # preprocess run, which `mlflow gc` may have purged (then None: other data)
-            champion_digest = champion.tags.get(DIGEST_TAG) or dataset_digest_of(
-                champion.tags.get("dataset_run_id", ""))
+            champion_digest = champion.tags.get(DIGEST_TAG) or dataset_digest_of(champion_dataset)
             if champion_digest != digest:
                 # Validation scores on different data don't compare (a changed synthesizer or
                 # new raw data): the best model of the data at hand takes over.
-                scored_on = champion_digest or (f"unknown: its preprocess run "
-                                                f"{champion.tags.get('dataset_run_id')!r} is gone "
-                                                "or holds no digest")
+                scored_on = champion_digest or (f"unknown: its preprocess run {champion_dataset!r} "
+                                                "is gone or holds no digest")
                 print(f"champion version {champion.version} was scored on other data "
                       f"(dataset {scored_on}; now {digest}): replacing it")
             elif champion.tags.get("source_run_id") == best.source_run_id or score >= best.score:
@@ -218,7 +217,7 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
                 print(f"champion version {champion.version} carries other kana code: "
                       "packaging its models again with this code")
                 best = again
-                dataset_run_id = champion.tags.get("dataset_run_id", dataset_run_id)
+                dataset_run_id = champion_dataset or dataset_run_id
                 repackaged = True
 
         with ExitStack() as stack:
