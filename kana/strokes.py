@@ -713,7 +713,7 @@ def check_raw_folder(param: str, folder: str, hint: str = "") -> None:
         raise ValueError(f"{param} {folder!r} cannot be listed: {exc.strerror or exc}") from exc
 
 
-def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
+def load_raw_dir(raw_dir: str | bytes | os.PathLike, class_ids: set[str] | None = None,
                  any_stroke_count: bool = False) -> LoadReport:
     """Load, parse and validate every raw file under `raw_dir`.
 
@@ -723,9 +723,14 @@ def load_raw_dir(raw_dir: str | Path, class_ids: set[str] | None = None,
     are rejected (the notebook's filter, for training), unless `any_stroke_count` (for scoring
     real drawings: a served model reads whatever is drawn). Files in no format read here are named
     in `not_read`. A `raw_dir` that is no folder, or cannot be listed, raises ValueError naming it:
-    a mistyped path read as an empty folder would go unseen (and '' is refused, not read as '.').
+    a mistyped path read as an empty folder would go unseen (and '' is refused, not read as '.');
+    None, or anything else that is no path, raises TypeError naming it.
     """
-    folder = os.fspath(raw_dir)
+    try:
+        folder = os.fsdecode(raw_dir)  # bytes too, as os.listdir(b".") names folders
+    except TypeError:
+        got = "None" if raw_dir is None else f"a value of type {type(raw_dir).__name__}"
+        raise TypeError(f"raw_dir must name a folder (a str or Path), got {got}") from None
     if not folder:
         raise ValueError("raw_dir is empty: name a folder ('.' for the current one)")
     check_raw_folder("raw_dir", folder)

@@ -725,6 +725,21 @@ def test_load_raw_dir_refuses_a_folder_that_is_not_there_or_may_not_be_listed(tm
     assert [r.path for r in load_raw_dir(tmp_path).rejections] == ["alice"]  # read from above: named
 
 
+@pytest.mark.parametrize("raw_dir, named", [(None, "None"), (3, "a value of type int"),
+                                             (["a"], "a value of type list")])
+def test_load_raw_dir_names_a_raw_dir_that_is_no_path(raw_dir, named):
+    # an unset setting read in Python: Python's own "expected str, bytes or os.PathLike object"
+    # named no parameter
+    with pytest.raises(TypeError, match=f"^raw_dir must name a folder \\(a str or Path\\), got {named}$"):
+        load_raw_dir(raw_dir)
+
+
+def test_load_raw_dir_reads_a_folder_named_in_bytes(tmp_path):
+    save_app_pickle(list(GOOD.values()), tmp_path / "alice" / "i00001.pickle")
+    report = load_raw_dir(os.fsencode(tmp_path))  # as os.listdir(b".") and os.walk name folders
+    assert [(s.path, s.source) for s in report.samples] == [("alice/i00001.pickle", "alice")]
+
+
 def test_safe_unpickle_keeps_numpy_and_containers():
     obj = {1: np.arange(6.0).reshape(3, 2), "meta": [1, 2.5, "x", (None, True)], "s": np.float32(2)}
     out = safe_unpickle(pickle.dumps(obj))
