@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -220,6 +221,63 @@ def test_champion_loads_where_pickled_models_are_refused(pipeline, monkeypatch, 
     samples = _real_samples(pipeline, 3)
     out = mlflow.pyfunc.load_model(uri).predict([[s.tolist() for s in x.strokes] for x in samples])
     assert len(out) == 3 and all(r["char_id"] for r in out)
+
+
+def _distributions_installed_by(requirements: list[str]) -> set[str]:
+    """The distributions pip installs for these requirement lines: them and what they require,
+    as this environment's package metadata says (extras followed, markers evaluated here)."""
+    from importlib.metadata import PackageNotFoundError, requires
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo = [(Requirement(line), ("",)) for line in requirements if line.strip() and not line.startswith("#")]
+    seen = set()
+    while todo:
+        req, extras = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
+            continue
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            todo += [(Requirement(r), ("", *req.extras)) for r in requires(req.name) or []]
+        except PackageNotFoundError:
+            pass
+    return {name for name, _ in seen}
+
+
+IMPORTED_BY_PREDICT = r"""
+import json, sys
+from importlib.metadata import packages_distributions
+at_start = set(sys.modules)  # what the interpreter itself loaded (a .pth file's imports too)
+import mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+model.predict([{"1": [[-0.6, 0.6], [0.0, 0.62], [0.6, 0.58]], "2": [[0.0, 0.9], [0.1, -0.8]]}])
+owners = packages_distributions()
+tops = {name.partition(".")[0] for name in set(sys.modules) - at_start} - {"kana"}
+print(json.dumps(sorted({dist for top in tops for dist in owners.get(top, [])})))
+"""
+
+
+def test_the_champion_imports_nothing_its_requirements_leave_out(pipeline, tmp_path):
+    """`mlflow models serve` without `--env-manager local`, and `mlflow models build-docker`,
+    install the champion's requirements.txt alone (MLflow, ONNX Runtime, numpy, pandas, Pillow):
+    not TensorFlow, Keras, tf2onnx or geomdl. This suite runs where all of kana is installed, so
+    an import of one of those on the serving path would pass every other test here and fail there:
+    loading and predicting, in a process of its own, may import none of them."""
+    from packaging.utils import canonicalize_name
+
+    folder = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion", dst_path=tmp_path)
+    served_env = _distributions_installed_by(
+        (Path(folder) / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    only_with_kana = _distributions_installed_by(["kana"]) - served_env
+    assert {"keras", "tf2onnx", "geomdl"} <= only_with_kana
+    out = subprocess.run([sys.executable, "-c", IMPORTED_BY_PREDICT, folder], capture_output=True,
+                         text=True, env={**os.environ, "KANA_CHILD_PROCESS": "0"}, check=True)
+    imported = {canonicalize_name(d) for d in json.loads(out.stdout.splitlines()[-1])}
+    assert {"mlflow", "onnxruntime", "numpy"} <= imported  # the model was loaded and run
+    assert imported & only_with_kana == set()
 
 
 def test_pyfunc_gives_the_trained_models_predictions(pipeline):
