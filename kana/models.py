@@ -30,13 +30,16 @@ from keras import layers
 from kana.features import sample_boxes
 
 
+CNN_BLOCKS = 3  # `build_cnn`'s convolution blocks, each ending in a pooling layer
+
+
 def build_cnn(
     n_classes: int, input_shape=(32, 32, 1), dense_units: int = 128, batch_norm: bool = True,
     filters: int = 32,
 ) -> keras.Model:
     """`filters` is the first block's width (then 2x, 4x): 32 is the notebook's."""
     stack: list = [keras.Input(input_shape)]
-    for width in (filters, 2 * filters, 4 * filters):
+    for width in (filters * 2**block for block in range(CNN_BLOCKS)):
         for _ in range(2):
             if batch_norm:
                 stack += [layers.Conv2D(width, 3, padding="same", use_bias=False),
@@ -58,6 +61,7 @@ def build_transfer(
     The notebook froze its first block (layers 0-2) for the Kuzushiji-Kanji base and two blocks
     for the Kuzushiji-49 one.
     """
+    check_frozen_blocks(frozen_blocks, conv_blocks(base))
     body = base.layers[:-2]
     model = keras.Sequential(
         [keras.Input(base.input_shape[1:])]
@@ -75,6 +79,19 @@ def build_transfer(
         layer.trainable = False
         pools_seen += isinstance(layer, layers.MaxPooling2D)
     return model
+
+
+def conv_blocks(base: keras.Model) -> int:
+    """A CNN's convolution blocks, counted by their pooling layers: the most that can be frozen."""
+    return sum(isinstance(layer, layers.MaxPooling2D) for layer in base.layers)
+
+
+def check_frozen_blocks(frozen_blocks: int, blocks: int) -> None:
+    """More blocks than the base has would freeze the new head too: nothing would train, and the
+    run would end with a head of random weights (Keras only warns)."""
+    if frozen_blocks > blocks:
+        raise ValueError(f"frozen_blocks: the base has {blocks} convolution blocks, got {frozen_blocks} "
+                         "(more would freeze the new head too)")
 
 
 def build_lstm(

@@ -574,7 +574,7 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
     too (orientation channels need the strokes, so a KanjiVG base). With directions=4 this CNN
     made a fifth fewer errors, but the ensemble beside `train_cnn`'s gained nothing, so 0.
     """
-    from kana.models import build_transfer
+    from kana.models import CNN_BLOCKS, build_transfer, check_frozen_blocks, conv_blocks
 
     features.check_antialias(antialias)
     check_at_least(1, dense_units=dense_units, kanji_classes=kanji_classes,
@@ -587,11 +587,13 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
                              f"not base_source={base_source!r} (images)")
     base_settings = kanji_base_settings(base_source, kanji_classes, kanji_per_class, base_epochs,
                                         filters, seed, antialias, directions)
-    uri = base_model_uri or find_kanji_base(base_settings)
     given_base = load_keras_model(base_model_uri) if base_model_uri else None
     if given_base is not None and given_base.input_shape[-1] != 1 + directions:  # before any run starts
         raise ValueError(f"base_model_uri {base_model_uri} takes {given_base.input_shape[-1]} input "
                          f"channels; directions={directions} needs {1 + directions}")
+    # a base kana trains (or has trained and registered) is a `build_cnn`
+    check_frozen_blocks(frozen_blocks, CNN_BLOCKS if given_base is None else conv_blocks(given_base))
+    uri = base_model_uri or find_kanji_base(base_settings)
 
     def build(config, ds):
         nonlocal uri

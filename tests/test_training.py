@@ -49,6 +49,19 @@ def test_transfer_freezes_whole_blocks_and_replaces_the_head():
     assert model.layers[0] is base.layers[0]  # the base's trained layers, not copies
 
 
+def test_transfer_refuses_to_freeze_more_blocks_than_the_base_has():
+    """Freezing past the base's last block froze the new head too: the run trained nothing and
+    ended with a head of random weights, Keras only warning."""
+    from kana.models import build_cnn, build_transfer
+
+    base = build_cnn(30, filters=4)
+    all_frozen = build_transfer(base, 46, frozen_blocks=3)
+    assert [layer.name for layer in all_frozen.layers if layer.trainable_weights] == ["head_dense",
+                                                                                      "head_softmax"]
+    with pytest.raises(ValueError, match="^frozen_blocks: the base has 3 convolution blocks, got 4 "):
+        build_transfer(base, 46, frozen_blocks=4)
+
+
 def test_model_builders_accept_the_notebooks_settings():
     from kana.models import build_cnn, build_lstm
 
@@ -165,6 +178,25 @@ def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_pa
         train_transfer(base_model_uri=info.model_uri, directions=4)
 
 
+def test_freezing_more_blocks_than_a_given_base_has_is_refused_before_any_run(tmp_path, use_tracking_store):
+    import keras
+    import mlflow
+
+    from kana.training import train_transfer
+
+    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.MlflowClient().create_experiment("bases", artifact_location=str(tmp_path / "artifacts"))
+    two_blocks = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(4, 3), keras.layers.MaxPooling2D(),
+                                   keras.layers.Conv2D(4, 3), keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                                   keras.layers.Dense(8), keras.layers.Dense(5, activation="softmax")])
+    with mlflow.start_run(experiment_id=experiment) as base_run:
+        info = mlflow.keras.log_model(two_blocks, name="base")
+    with pytest.raises(ValueError, match="^frozen_blocks: the base has 2 convolution blocks, got 3 "):
+        train_transfer(base_model_uri=info.model_uri, frozen_blocks=3)
+    assert [r.info.run_id for r in mlflow.search_runs(experiment_ids=[experiment], output_format="list")] == [
+        base_run.info.run_id]
+
+
 def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch, tmp_path,
                                                                               use_tracking_store):
     """Not read as "no base yet": the base trained in its place could not be registered either.
@@ -250,6 +282,7 @@ def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp
     ("train_lstm", {"downsample": 0}, "downsample: expected 1 or more, got 0"),
     ("train_transfer", {"kanji_classes": 0}, "kanji_classes: expected 1 or more, got 0"),
     ("train_transfer", {"frozen_blocks": -1}, "frozen_blocks: expected 0 or more, got -1"),
+    ("train_transfer", {"frozen_blocks": 4}, "frozen_blocks: the base has 3 convolution blocks, got 4"),
     ("main", {"lstm_epochs": 0}, "lstm_epochs: expected 1 or more, got 0"),
     ("main", {"synthetic_per_class": -1}, "synthetic_per_class must be 0 (raw samples alone) or more"),
     ("main", {"class_set": "basic64"}, "unknown class_set 'basic64'"),
