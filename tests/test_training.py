@@ -163,16 +163,23 @@ def test_orientation_channels_for_a_base_trained_on_images_are_refused_by_name(t
         train_transfer(base_source=str(tmp_path), directions=4)
 
 
-def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_path, use_tracking_store):
+def _logged_base(base, tmp_path, use_tracking_store):
+    """`base` logged in a run of a tracking store of its own, as a user's `base_model_uri` names
+    it: its ModelInfo and the experiment the run is in."""
     import mlflow
-
-    from kana.models import build_cnn
-    from kana.training import train_transfer
 
     use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.MlflowClient().create_experiment("bases", artifact_location=str(tmp_path / "artifacts"))
-    with mlflow.start_run(experiment_id=experiment):  # a base of the raster alone, as train_transfer's default
-        info = mlflow.keras.log_model(build_cnn(5, (32, 32, 1), filters=4), name="base")
+    with mlflow.start_run(experiment_id=experiment):
+        return mlflow.keras.log_model(base, name="base"), experiment
+
+
+def test_a_given_base_without_the_orientation_channels_is_refused_by_name(tmp_path, use_tracking_store):
+    from kana.models import build_cnn
+    from kana.training import train_transfer
+
+    # a base of the raster alone, as train_transfer's default
+    info, _ = _logged_base(build_cnn(5, (32, 32, 1), filters=4), tmp_path, use_tracking_store)
     with pytest.raises(ValueError, match=f"^base_model_uri {info.model_uri} takes 1 input channels; "
                                          "directions=4 needs 5"):
         train_transfer(base_model_uri=info.model_uri, directions=4)
@@ -184,17 +191,14 @@ def test_freezing_more_blocks_than_a_given_base_has_is_refused_before_any_run(tm
 
     from kana.training import train_transfer
 
-    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = mlflow.MlflowClient().create_experiment("bases", artifact_location=str(tmp_path / "artifacts"))
     two_blocks = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(4, 3), keras.layers.MaxPooling2D(),
                                    keras.layers.Conv2D(4, 3), keras.layers.MaxPooling2D(), keras.layers.Flatten(),
                                    keras.layers.Dense(8), keras.layers.Dense(5, activation="softmax")])
-    with mlflow.start_run(experiment_id=experiment) as base_run:
-        info = mlflow.keras.log_model(two_blocks, name="base")
+    info, experiment = _logged_base(two_blocks, tmp_path, use_tracking_store)
     with pytest.raises(ValueError, match="^frozen_blocks: the base has 2 convolution blocks, got 3 "):
         train_transfer(base_model_uri=info.model_uri, frozen_blocks=3)
     assert [r.info.run_id for r in mlflow.search_runs(experiment_ids=[experiment], output_format="list")] == [
-        base_run.info.run_id]
+        info.run_id]
 
 
 def test_a_registry_that_cannot_be_searched_is_named_before_a_base_is_trained(monkeypatch, tmp_path,
