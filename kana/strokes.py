@@ -730,7 +730,7 @@ def load_raw_dir(raw_dir: str | bytes | os.PathLike, class_ids: set[str] | None 
         folder = os.fsdecode(raw_dir)  # bytes too, as os.listdir(b".") names folders
     except TypeError:
         got = "None" if raw_dir is None else f"a value of type {type(raw_dir).__name__}"
-        raise TypeError(f"raw_dir must name a folder (a str or Path), got {got}") from None
+        raise TypeError(f"raw_dir must name a folder (a str, bytes or Path), got {got}") from None
     if not folder:
         raise ValueError("raw_dir is empty: name a folder ('.' for the current one)")
     check_raw_folder("raw_dir", folder)

@@ -160,6 +160,9 @@ def run_artifact(run_id: str, artifact_path: str):
 
 @contextmanager
 def scratch_dir():
+    """A temporary folder (a Path), removed with everything in it when the block ends, even on an
+    error: for files written only to be logged, and for what MLflow would otherwise leave in the
+    temp folder for good (a downloaded model, `mlflow.run`'s storage folder)."""
     with tempfile.TemporaryDirectory(prefix="kana-") as d:
         yield Path(d)
 

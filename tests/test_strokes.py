@@ -730,7 +730,7 @@ def test_load_raw_dir_refuses_a_folder_that_is_not_there_or_may_not_be_listed(tm
 def test_load_raw_dir_names_a_raw_dir_that_is_no_path(raw_dir, named):
     # an unset setting read in Python: Python's own "expected str, bytes or os.PathLike object"
     # named no parameter
-    with pytest.raises(TypeError, match=f"^raw_dir must name a folder \\(a str or Path\\), got {named}$"):
+    with pytest.raises(TypeError, match=f"^raw_dir must name a folder \\(a str, bytes or Path\\), got {named}$"):
         load_raw_dir(raw_dir)
 
 
