@@ -263,10 +263,10 @@ print(json.dumps(sorted({dist for top in tops for dist in owners.get(top, [])}))
 def test_the_champion_imports_nothing_its_requirements_leave_out(pipeline, tmp_path):
     """`mlflow models serve` without `--env-manager local`, and `mlflow models build-docker`,
     install the champion's requirements.txt alone (MLflow, ONNX Runtime, numpy, pandas, Pillow,
-    httptools, uvloop):
-    not TensorFlow, Keras, tf2onnx or geomdl. This suite runs where all of kana is installed, so
-    an import of one of those on the serving path would pass every other test here and fail there:
-    loading and predicting, in a process of its own, may import none of them."""
+    httptools, uvloop): not TensorFlow, Keras, tf2onnx or geomdl. This suite runs where all of
+    kana is installed, so an import of one of those on the serving path would pass every other
+    test here and fail there: loading and predicting, in a process of its own, may import none
+    of them."""
     from packaging.utils import canonicalize_name
 
     folder = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion", dst_path=tmp_path)
