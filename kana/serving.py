@@ -409,11 +409,11 @@ class ChildProcessRecognizer:
             ok, message = (child.conn.recv() if ready
                            else (False, f"no answer within {self.START_TIMEOUT_S} s"))
         except (EOFError, OSError):
-            ok, message = False, "exited (code {code})"
+            ok, message = False, None  # it exited: its code is known once it is reaped
         if not ok:
             code = child.stop(kill=True)
             raise RuntimeError(f"the models' child process could not load {self.members_dir}: "
-                               + message.format(code=code))
+                               + (message or f"exited (code {code})"))
         child.reader = threading.Thread(target=self._read_answers, args=(child,), daemon=True,
                                         name="kana-child-reader")
         child.reader.start()
@@ -437,7 +437,7 @@ class ChildProcessRecognizer:
             if self.child is child:
                 self.child = None
             code = child.stop(kill=child.problem is not None)
-            problem = (child.problem or "exited (code {code})").format(code=code)
+            problem = child.problem or f"exited (code {code})"
             error = RuntimeError(f"the models' child process {problem}; "
                                  "the next request starts a new one")
             for job in child.pending.values():

@@ -383,11 +383,59 @@ def test_the_heap_is_frozen_once_and_only_in_a_scoring_server(monkeypatch):
         gc.unfreeze()
 
 
-def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path):
+@pytest.mark.parametrize("folder", ["models", "models {v2}"])
+def test_a_child_process_that_cannot_load_its_models_says_why(tmp_path, folder):
+    """The child's reason is passed on as it is, braces in a path too (not read as a template)."""
     from kana.serving import ChildProcessRecognizer
 
-    with pytest.raises(RuntimeError, match=r"could not load .*: FileNotFoundError.*members\.json"):
+    members = tmp_path / folder
+    members.mkdir()
+    with pytest.raises(RuntimeError) as caught:
+        ChildProcessRecognizer(str(members))
+    message = str(caught.value)
+    assert message.startswith(f"the models' child process could not load {members}: FileNotFoundError")
+    assert message.endswith(f"{members / 'members.json'}'")
+
+
+def test_a_child_process_that_exits_before_it_says_anything_is_reported_with_its_code(
+        tmp_path, monkeypatch):
+    """A child that cannot even start Python (here a Python home that is not there)."""
+    from kana.serving import ChildProcessRecognizer
+
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no python here"))
+    with pytest.raises(RuntimeError, match=r"could not load .*: exited \(code [1-9]\d*\)$"):
         ChildProcessRecognizer(str(tmp_path))
+
+
+def test_an_answer_that_cannot_be_read_fails_the_waiting_request_not_hangs_it():
+    """The reader thread, given bytes that are no pickle (their reason quotes a '{'), fails every
+    request waiting on the child with that reason, and lets the next request start a new child."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    from multiprocessing.connection import Connection
+
+    from kana.serving import ChildProcessRecognizer, _Child, _Job
+
+    ours, theirs = socket.socketpair()
+    child = _Child(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),
+                   ours, Connection(ours.detach()))
+    waiting = _Job([])
+    child.pending[7] = waiting
+    recognizer = ChildProcessRecognizer.__new__(ChildProcessRecognizer)  # no child of its own
+    recognizer.lock, recognizer.child = threading.Lock(), child
+    reader = threading.Thread(target=recognizer._read_answers, args=(child,), daemon=True)
+    reader.start()
+    Connection(theirs.detach()).send_bytes(b"{not a pickle")
+
+    assert waiting.wake.wait(30), "the waiting request was never answered"
+    with pytest.raises(RuntimeError, match=r"sent an answer that could not be read "
+                                           r"\(UnpicklingError: invalid load key, '\{'\.\); "
+                                           r"the next request starts a new one"):
+        waiting.result()
+    reader.join(30)
+    assert recognizer.child is None and child.proc.poll() is not None and not child.pending
 
 
 @pytest.mark.parametrize("encoding", ["pen_path", "strokes, bidirectional"])
