@@ -78,12 +78,32 @@ def _use_child_process() -> bool:
     off, =1 turns it on anywhere); in a user's own process they run in it. The scoring server
     loads the model before it sets _MLFLOW_IS_IN_SERVING_ENVIRONMENT; it starts uvicorn with the
     model's path in __pyfunc_model_path__."""
-    setting = os.environ.get("KANA_CHILD_PROCESS", "")
+    setting = os.environ.get("KANA_CHILD_PROCESS", "").strip()
+    if setting not in ("", "0", "1"):  # "yes" or "true" read as unset would be silently ignored
+        raise ValueError(f"KANA_CHILD_PROCESS must be 0 (the models in this process), 1 (in a child "
+                         f"process) or unset (a child in `mlflow models serve`), got {setting!r}")
     if os.name != "posix":
         return False  # the child's socket is handed over with pass_fds, a POSIX feature
     if setting in ("0", "1"):
         return setting == "1"
     return _in_serving_environment() or bool(os.environ.get("__pyfunc_model_path__"))
+
+
+def ort_threads() -> int:
+    """The threads ONNX Runtime runs a batch of several samples on: KANA_ORT_THREADS, else up to 2.
+    A setting that is no whole number of threads is refused, naming it (0 or less was read as 1,
+    and a word failed as "invalid literal for int()", which named nothing)."""
+    setting = os.environ.get("KANA_ORT_THREADS", "").strip()
+    if not setting:
+        return min(2, os.cpu_count() or 1)
+    try:
+        threads = int(setting)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(
+            f"KANA_ORT_THREADS must be a whole number of threads, 1 or more, got {setting!r}")
+    return threads
 
 
 def settle_server_heap() -> None:
@@ -148,7 +168,7 @@ class Recognizer:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
-        threads = int(os.environ.get("KANA_ORT_THREADS", min(2, os.cpu_count() or 1)))
+        threads = ort_threads()
         single = session(1)
         multi = session(threads) if threads > 1 else single
         name = single.get_inputs()[0].name
@@ -379,6 +399,7 @@ class ChildProcessRecognizer:
     ANSWER_TIMEOUT_S = 300
 
     def __init__(self, members_dir: str):
+        ort_threads()  # a bad setting is refused here, naming it, before a child is started
         self.members_dir = str(members_dir)
         self.lock = threading.Lock()
         self.ids = itertools.count()

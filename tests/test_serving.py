@@ -438,6 +438,49 @@ def test_an_answer_that_cannot_be_read_fails_the_waiting_request_not_hangs_it():
     assert recognizer.child is None and child.proc.poll() is not None and not child.pending
 
 
+@pytest.mark.parametrize("setting", ["two", "0", "-1", "1.5"])
+def test_an_onnx_thread_count_that_is_no_whole_number_is_refused_by_name(tmp_path, monkeypatch, setting):
+    """Before any model is loaded, in this process and before a child is started (0 was read
+    as 1 and a word as "invalid literal for int()")."""
+    from kana.serving import ChildProcessRecognizer, Recognizer
+
+    monkeypatch.setenv("KANA_ORT_THREADS", setting)
+    refused = rf"KANA_ORT_THREADS must be a whole number of threads, 1 or more, got '{setting}'"
+    with pytest.raises(ValueError, match=refused):
+        Recognizer.onnx_session(str(tmp_path / "model.onnx"))
+    with pytest.raises(ValueError, match=refused):
+        ChildProcessRecognizer(str(tmp_path))
+
+
+def test_the_onnx_thread_count_is_the_setting_or_up_to_two(monkeypatch):
+    import os
+
+    from kana.serving import ort_threads
+
+    monkeypatch.setenv("KANA_ORT_THREADS", " 3 ")
+    assert ort_threads() == 3
+    monkeypatch.delenv("KANA_ORT_THREADS")
+    assert ort_threads() == min(2, os.cpu_count() or 1)
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="a child process is POSIX only")
+def test_where_the_models_run_is_the_setting_and_a_setting_not_0_or_1_is_refused(tmp_path, monkeypatch):
+    """"yes" or "true", read as unset, would have kept the models in a user's process unseen."""
+    from types import SimpleNamespace
+
+    from kana.serving import KanaClassifier, _use_child_process
+
+    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", raising=False)
+    monkeypatch.delenv("__pyfunc_model_path__", raising=False)
+    for setting, in_child in (("", False), ("0", False), ("1", True), (" 1 ", True)):
+        monkeypatch.setenv("KANA_CHILD_PROCESS", setting)
+        assert _use_child_process() is in_child
+    for setting in ("yes", "true", "2"):
+        monkeypatch.setenv("KANA_CHILD_PROCESS", setting)
+        with pytest.raises(ValueError, match=rf"KANA_CHILD_PROCESS must be 0 .* got '{setting}'"):
+            KanaClassifier().load_context(SimpleNamespace(artifacts={"members": str(tmp_path)}))
+
+
 @pytest.mark.parametrize("encoding", ["pen_path", "strokes, bidirectional"])
 def test_an_lstm_is_served_through_onnx_as_keras_reads_it(tmp_path, encoding):
     """`train_lstm -P encoding=pen_path`'s network and `-P bidirectional=1`'s, exported like any
