@@ -10,8 +10,9 @@ from kana.pipeline import main
 from kana.registry import register
 from kana.training import train_cnn, train_lstm, train_transfer
 
+# markdown: docstrings reflow to the terminal's width, and [brackets] in them stay text
 app = typer.Typer(help="kana: handwritten hiragana from raw pen strokes, tracked with MLflow.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode="markdown")
 app.command("preprocess")(preprocess)
 app.command("train-cnn")(train_cnn)
 app.command("train-transfer")(train_transfer)

@@ -1,6 +1,7 @@
 """The README and docs/ link to files and sections that exist, so a renamed section breaks a test,
-not a reader's click."""
+not a reader's click; and `kana <command> --help` shows each command's docstring whole, reflowed."""
 
+import inspect
 import re
 from pathlib import Path
 
@@ -76,3 +77,27 @@ def test_sections_the_code_names_exist():
         named += [(source.name, title) for title in re.findall(r'docs/experiments\.md, "([^"]+)"', text)]
     assert named, "the code names no section: the pattern above no longer matches how it does"
     assert [(name, title) for name, title in named if title not in sections] == []
+
+
+def test_command_help_is_the_whole_docstring_reflowed_to_the_terminal():
+    """Typer's default markup kept the docstrings' own line breaks after their first paragraph, so at
+    80 columns `kana preprocess --help` broke lines a few words in; and it read `[...]` as markup."""
+    from typer.testing import CliRunner
+
+    from kana.cli import app
+
+    width, cut_short = 80, []
+    for command in app.registered_commands:
+        result = CliRunner().invoke(app, [command.name, "--help"], env={"COLUMNS": str(width)})
+        assert result.exit_code == 0, result.output
+        prose = result.output.split("[OPTIONS]", 1)[1].split("╭")[0]  # up to the options' box
+        def words(text):  # markdown shows `code` without its backticks
+            return text.replace("`", "").split()
+
+        assert words(prose) == words(inspect.getdoc(command.callback)), command.name
+        lines = [line.rstrip() for line in prose.splitlines()]
+        cut_short += [f"{command.name}: {line.strip()!r} before {after.split()[0]!r}"
+                      for line, after in zip(lines, lines[1:])
+                      if line.strip() and after.strip()
+                      and len(line) + 1 + len(after.split()[0]) < width - 1]
+    assert cut_short == []
