@@ -86,14 +86,14 @@ def test_command_help_is_the_whole_docstring_reflowed_to_the_terminal():
 
     from kana.cli import app
 
+    def words(text):  # markdown shows `code` without its backticks
+        return text.replace("`", "").split()
+
     width, cut_short = 80, []
     for command in app.registered_commands:
         result = CliRunner().invoke(app, [command.name, "--help"], env={"COLUMNS": str(width)})
         assert result.exit_code == 0, result.output
         prose = result.output.split("[OPTIONS]", 1)[1].split("╭")[0]  # up to the options' box
-        def words(text):  # markdown shows `code` without its backticks
-            return text.replace("`", "").split()
-
         assert words(prose) == words(inspect.getdoc(command.callback)), command.name
         lines = [line.rstrip() for line in prose.splitlines()]
         cut_short += [f"{command.name}: {line.strip()!r} before {after.split()[0]!r}"
