@@ -511,10 +511,13 @@ def _sample_grid(ds: ProcessedDataset, per_source: int = 24):
 
 
 def load_dataset(run_id: str | None = None) -> tuple[ProcessedDataset, str]:
-    """The processed dataset of a preprocess run (default: the latest FINISHED one)."""
-    from kana.tracking import MissingArtifact, latest_finished_run, run_artifact
+    """The processed dataset of a preprocess run (default: the latest FINISHED one); a run named
+    that is not a FINISHED preprocess run is refused by name (`finished_preprocess_run`)."""
+    from kana.tracking import MissingArtifact, finished_preprocess_run, latest_finished_run, run_artifact
 
-    if not run_id:
+    if run_id:
+        finished_preprocess_run(run_id)
+    else:
         run = latest_finished_run("preprocess")
         if run is None:
             raise RuntimeError(

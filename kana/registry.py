@@ -28,8 +28,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from kana.tracking import (ENTRY_POINT_TAG, code_digest, experiment_ids, kana_run,
-                           latest_finished_run, log_params)
+from kana.tracking import (ENTRY_POINT_TAG, code_digest, experiment_ids, finished_preprocess_run,
+                           kana_run, latest_finished_run, log_params)
 
 MODEL_NAME = "kana-classifier"
 CHAMPION = "champion"
@@ -167,6 +167,8 @@ def choose(runs: list) -> tuple[Candidate, list[Candidate]]:
 def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
     """MLflow entry point `register`. Returns the champion's version (new or kept)."""
     client = MlflowClient()
+    if dataset_run_id:
+        finished_preprocess_run(dataset_run_id)  # a wrong id refused by name, before this run starts
     with kana_run("register", run_name=f"register-{model_name}") as run:
         if not dataset_run_id:
             latest = latest_finished_run("preprocess")

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 ENTRY_POINT_TAG = "kana.entry_point"
@@ -76,6 +77,30 @@ def latest_finished_run(entry_point: str, extra_filter: str = ""):
         experiment_ids(), filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1
     )
     return runs[0] if runs else None
+
+
+def finished_preprocess_run(dataset_run_id: str):
+    """The run a `dataset_run_id` names, checked to be a FINISHED preprocess run. Otherwise a
+    ValueError naming the parameter and what the run is instead (none in the store, another entry
+    point's, one still running or killed), before a trainer or `register` starts its own run: a
+    wrong id gave MLflow's "Run with id=... not found", or with a quote in it "Invalid clause(s) in
+    filter string". Any other failure of the store is raised as it is."""
+    must = "it must name a FINISHED preprocess run"
+    try:
+        run = MlflowClient().get_run(dataset_run_id)
+    except MlflowException as exc:  # no such run; a malformed id is an invalid parameter
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ValueError(f"dataset_run_id {dataset_run_id!r}: no such run in the tracking store "
+                         f"({mlflow.get_tracking_uri()}); {must}") from None
+    entry_point = run.data.tags.get(ENTRY_POINT_TAG)
+    if entry_point != "preprocess":
+        kind = f"a {entry_point} run" if entry_point else "not a kana run"
+        raise ValueError(f"dataset_run_id {dataset_run_id!r}: {kind}; {must}")
+    if run.info.status != "FINISHED":
+        raise ValueError(f"dataset_run_id {dataset_run_id!r}: a preprocess run that is "
+                         f"{run.info.status} (still running, or stopped before it finished); {must}")
+    return run
 
 
 def log_dataset_input(dataset, context: str, attempts: int = 5) -> None:

@@ -51,9 +51,9 @@ def test_killed_preprocess_is_never_picked_up(new_store):
     assert not [a.path for a in client.list_artifacts(killed.info.run_id) if a.path == "dataset"]
     again, again_id = load_dataset()
     assert again_id == good_id and again.meta["digest"] == good.meta["digest"]
-    # named by hand, the killed run gets an error that says which run lacks what
-    lacks = f"run {killed.info.run_id} has no artifact 'dataset': dataset_run_id must name a FINISHED"
-    with pytest.raises(FileNotFoundError, match=lacks):
+    # named by hand, the killed run gets an error that says which run it is and what it is not
+    with pytest.raises(ValueError, match=(f"dataset_run_id '{killed.info.run_id}': a preprocess run that is "
+                                          "RUNNING .*; it must name a FINISHED preprocess run")):
         load_dataset(killed.info.run_id)
 
 

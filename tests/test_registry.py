@@ -163,3 +163,35 @@ def test_a_champion_whose_dataset_run_was_purged_is_still_weighed_on_its_data(
     assert register(again, "kana-registry-test") == champion
     assert [str(v.version) for v in client.search_model_versions("name = 'kana-registry-test'")] == [champion]
     assert f"champion stays at version {champion} ({SELECTION_METRIC}=0.9000)" in capsys.readouterr().out
+
+
+def test_a_dataset_run_id_that_names_no_finished_preprocess_run_is_refused_by_name(sqlite_store, monkeypatch):
+    """Training and `register` say what the run named is instead, before `register` starts a run
+    of its own: they said "Run with id=... not found", `register` "no FINISHED training run on
+    dataset ...", and with a quote in the id MLflow's "Invalid clause(s) in filter string"."""
+    import re
+
+    from kana.dataset import load_dataset
+    from kana.registry import register
+    from kana.tracking import ENTRY_POINT_TAG
+
+    monkeypatch.setenv("KANA_EXPERIMENT", "registry-test")
+    client = MlflowClient()
+    experiment = client.create_experiment("registry-test")
+    trained = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn"})
+    running = client.create_run(experiment, tags={ENTRY_POINT_TAG: "preprocess"}).info.run_id
+    not_kana = _finished_run(experiment, {})
+    missing = f"no such run in the tracking store ({sqlite_store})"
+    refusals = {
+        "0123456789abcdef0123456789abcdef": missing,
+        "abc'def": missing,
+        trained: "a train_cnn run",
+        running: "a preprocess run that is RUNNING (still running, or stopped before it finished)",
+        not_kana: "not a kana run",
+    }
+    for run_id, what in refusals.items():
+        for read in (load_dataset, register):
+            message = f"dataset_run_id {run_id!r}: {what}; it must name a FINISHED preprocess run"
+            with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+                read(run_id)
+    assert client.search_runs([experiment], f"tags.`{ENTRY_POINT_TAG}` = 'register'") == []
