@@ -167,14 +167,14 @@ def choose(runs: list) -> tuple[Candidate, list[Candidate]]:
 def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
     """MLflow entry point `register`. Returns the champion's version (new or kept)."""
     client = MlflowClient()
-    if dataset_run_id:
-        finished_preprocess_run(dataset_run_id)  # a wrong id refused by name, before this run starts
+    # a wrong id refused by name, before this run starts
+    dataset_run = finished_preprocess_run(dataset_run_id) if dataset_run_id else None
     with kana_run("register", run_name=f"register-{model_name}") as run:
-        if not dataset_run_id:
-            latest = latest_finished_run("preprocess")
-            if latest is None:
+        if dataset_run is None:
+            dataset_run = latest_finished_run("preprocess")
+            if dataset_run is None:
                 raise RuntimeError("no FINISHED preprocess run: nothing to choose a champion for")
-            dataset_run_id = latest.info.run_id
+            dataset_run_id = dataset_run.info.run_id
         log_params({"model_name": model_name, "dataset_run_id": dataset_run_id,
                     "selection_metric": SELECTION_METRIC})
         runs = [r for r in training_runs(dataset_run_id) if SELECTION_METRIC in r.data.metrics]
@@ -189,7 +189,7 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
         if ensemble is not None:
             mlflow.log_metrics({f"ensemble_{k}": v for k, v in ensemble.metrics.items()})
         champion = current_champion(model_name)
-        digest = dataset_digest_of(dataset_run_id)
+        digest = dataset_run.data.params.get("dataset_digest")  # of the data at hand
         code = code_digest()
         repackaged = False
         if champion is not None:
