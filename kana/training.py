@@ -594,6 +594,12 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
     # a base kana trains (or has trained and registered) is a `build_cnn`
     check_frozen_blocks(frozen_blocks, CNN_BLOCKS if given_base is None else conv_blocks(given_base))
     uri = base_model_uri or find_kanji_base(base_settings)
+    if not uri and base_source != "kanjivg":  # a base to train from Kuzushiji-49's files
+        try:
+            kuzushiji_files(base_source)
+        except FileNotFoundError as e:
+            raise ValueError(f"base_source {base_source!r}: expected 'kanjivg' or a folder of "
+                             f"Kuzushiji-49's .npz files; {e}") from None
 
     def build(config, ds):
         nonlocal uri
@@ -665,18 +671,36 @@ def find_kanji_base(settings: dict) -> str:
     return ""
 
 
+def kuzushiji_files(folder: str | Path) -> tuple[Path, Path]:
+    """Kuzushiji-49's images and labels files in `folder`, as distributed; a missing one is named."""
+    paths = (Path(folder) / "k49-train-imgs.npz", Path(folder) / "k49-train-labels.npz")
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"Kuzushiji-49 file missing: {p}")
+    return paths
+
+
+def _kuzushiji_array(path: Path) -> np.ndarray:
+    """The array `arr_0` of one of Kuzushiji-49's .npz files; a file that holds none is named."""
+    try:
+        with np.load(path) as archive:  # an .npy file's array has no `with`: a TypeError
+            return archive["arr_0"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: expected an .npz file with an array 'arr_0' (Kuzushiji-49's "
+                         f"layout): {e}") from None
+
+
 def load_kuzushiji_npz(folder: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
     """Kuzushiji-49 as distributed (`k49-train-imgs.npz`, `k49-train-labels.npz`, key `arr_0`,
     28x28 uint8 ink-bright images) -> 32x32 rasters padded like kana's, labels, class count."""
-    folder = Path(folder)
-    imgs_path, labels_path = folder / "k49-train-imgs.npz", folder / "k49-train-labels.npz"
-    for p in (imgs_path, labels_path):
-        if not p.exists():
-            raise FileNotFoundError(f"Kuzushiji-49 file missing: {p}")
-    with np.load(imgs_path) as z:
-        imgs = z["arr_0"]
-    with np.load(labels_path) as z:
-        labels = z["arr_0"].astype(np.int64)
+    imgs_path, labels_path = kuzushiji_files(folder)
+    imgs, labels = _kuzushiji_array(imgs_path), _kuzushiji_array(labels_path)
+    integers = np.issubdtype(labels.dtype, np.integer)
+    if labels.ndim != 1 or not labels.size or not integers or labels.min() < 0:
+        lowest = f", lowest {labels.min()}" if labels.size and integers else ""
+        raise ValueError(f"{labels_path}: expected one class number (an integer from 0) per image, "
+                         f"got {labels.dtype} of shape {labels.shape}{lowest}")
+    labels = labels.astype(np.int64)
     if imgs.ndim != 3 or imgs.shape[1:] != (28, 28) or len(imgs) != len(labels):
         raise ValueError(f"{imgs_path}: expected (N, 28, 28) images matching {len(labels)} labels, got {imgs.shape}")
     pad = features.RASTER_PAD

@@ -1,5 +1,6 @@
 """Training helpers without training: data loaders, class weights, model builders, config."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -26,8 +27,24 @@ def test_kuzushiji49_loader_names_what_is_missing_or_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="k49-train-imgs.npz"):
         load_kuzushiji_npz(tmp_path)
     np.savez(tmp_path / "k49-train-imgs.npz", arr_0=np.zeros((3, 28, 27), np.uint8))
-    np.savez(tmp_path / "k49-train-labels.npz", arr_0=np.zeros(3, np.uint8))
+    labels = tmp_path / "k49-train-labels.npz"
+    np.savez(labels, arr_0=np.zeros(3, np.uint8))
     with pytest.raises(ValueError, match="expected \\(N, 28, 28\\)"):
+        load_kuzushiji_npz(tmp_path)
+    np.savez(tmp_path / "k49-train-imgs.npz", arr_0=np.zeros((3, 28, 28), np.uint8))
+    for wrong, got in ((np.array([0, -1, 2]), "int64 of shape \\(3,\\), lowest -1"),
+                       (np.zeros(0, np.uint8), "uint8 of shape \\(0,\\)"),
+                       (np.array([0.5, 1.0, 2.0]), "float64 of shape \\(3,\\)")):
+        np.savez(labels, arr_0=wrong)
+        with pytest.raises(ValueError, match=f"^{re.escape(str(labels))}: expected one class number "
+                                             f"\\(an integer from 0\\) per image, got {got}$"):
+            load_kuzushiji_npz(tmp_path)
+    not_kuzushiji = f"^{re.escape(str(labels))}: expected an .npz file with an array 'arr_0' "
+    np.savez(labels, labels=np.zeros(3, np.uint8))  # saved under another name
+    with pytest.raises(ValueError, match=not_kuzushiji):
+        load_kuzushiji_npz(tmp_path)
+    labels.write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match=not_kuzushiji):
         load_kuzushiji_npz(tmp_path)
 
 
@@ -287,6 +304,9 @@ def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp
     ("train_transfer", {"kanji_classes": 0}, "kanji_classes: expected 1 or more, got 0"),
     ("train_transfer", {"frozen_blocks": -1}, "frozen_blocks: expected 0 or more, got -1"),
     ("train_transfer", {"frozen_blocks": 4}, "frozen_blocks: the base has 3 convolution blocks, got 4"),
+    ("train_transfer", {"base_source": "KanjiVG"},  # a typo, read as a folder: found in the base's run
+     "base_source 'KanjiVG': expected 'kanjivg' or a folder of Kuzushiji-49's .npz files; "
+     "Kuzushiji-49 file missing: KanjiVG/k49-train-imgs.npz"),
     ("main", {"lstm_epochs": 0}, "lstm_epochs: expected 1 or more, got 0"),
     ("main", {"synthetic_per_class": -1}, "synthetic_per_class must be 0 (raw samples alone) or more"),
     ("main", {"class_set": "basic64"}, "unknown class_set 'basic64'"),
