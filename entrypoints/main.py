@@ -1,8 +1,7 @@
 """MLflow entry point `main`: a thin command line over `kana.pipeline.main`."""
 
-import typer
-
+from kana.cli import run_alone
 from kana.pipeline import main
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_alone(main)

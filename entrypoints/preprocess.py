@@ -1,8 +1,7 @@
 """MLflow entry point `preprocess`: a thin command line over `kana.dataset.preprocess`."""
 
-import typer
-
+from kana.cli import run_alone
 from kana.dataset import preprocess
 
 if __name__ == "__main__":
-    typer.run(preprocess)
+    run_alone(preprocess)

@@ -1,8 +1,7 @@
 """MLflow entry point `register`: a thin command line over `kana.registry.register`."""
 
-import typer
-
+from kana.cli import run_alone
 from kana.registry import register
 
 if __name__ == "__main__":
-    typer.run(register)
+    run_alone(register)

@@ -1,8 +1,7 @@
 """MLflow entry point `train_transfer`: a thin command line over `kana.training.train_transfer`."""
 
-import typer
-
+from kana.cli import run_alone
 from kana.training import train_transfer
 
 if __name__ == "__main__":
-    typer.run(train_transfer)
+    run_alone(train_transfer)

@@ -411,8 +411,23 @@ def preprocess(
 
     Returns the run id. The dataset becomes visible to training only when the run FINISHES, after
     every artifact is written, so a crash or a kill midway leaves nothing half-made to pick up.
-    `max_gap`: before the spline, straight runs longer than this share of the character's size get
-    points along them (0: the notebook's spline on the raw points; see `features.fill_long_gaps`).
+
+    Parameters:
+
+    - `raw_dir`: the folder of raw drawings, one subfolder per source (the formats kana reads:
+      `data/README.md`); one that does not exist gives synthetic samples alone.
+    - `class_set`: "basic46" (the 46 basic kana), "extended" (72: with the voiced and half-voiced
+      ones) or "all" (108: with the compounds).
+    - `synthetic_per_class`: samples of each class synthesized from KanjiVG, added to the raw ones
+      (0: the raw ones alone).
+    - `seed`: seeds the synthesis and the split: a seed gives the same dataset.
+    - `n_points`: the points each stroke is resampled to (the notebook's 120).
+    - `max_strokes`: the most strokes a sample may have, the LSTM's stroke slots (0: the most the
+      class set's table allows).
+    - `workers`: processes that load and resample the samples (0: one per core).
+    - `max_gap`: before the spline, straight runs longer than this share of the character's size
+      get points along them (0: the notebook's spline on the raw points; see
+      `features.fill_long_gaps`).
     """
     import mlflow
 

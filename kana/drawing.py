@@ -254,8 +254,18 @@ def serve_page(
     host: str = "127.0.0.1",
     port: int = 8765,
 ) -> None:
-    """Serve the drawing page. Guesses come from `model_uri` loaded in process, or from a running
-    `mlflow models serve` at `server_url` when given. Saved drawings go under `raw_dir`."""
+    """Serve the drawing page: draw a character, see the champion's guesses, save the drawing as
+    training data.
+
+    Parameters:
+
+    - `model_uri`: the model that guesses, loaded in this process.
+    - `server_url`: the base URL of a running `mlflow models serve` to ask instead ("": none).
+    - `raw_dir`: where drawings are saved, as `<raw_dir>/<contributor>/<char_id><n>.pickle`.
+    - `contributor`: the contributor the page's form starts with ("": $USER).
+    - `host`: the address to listen on (127.0.0.1: this machine alone).
+    - `port`: the port to listen on.
+    """
     guesser = RemoteGuesser(server_url) if server_url else InProcessGuesser(model_uri)
     with closing(guesser):
         try:

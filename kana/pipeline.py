@@ -88,8 +88,30 @@ def main(
     reuse: bool = True,
 ) -> list[dict]:
     """Run the whole pipeline and print a table of the families and the champion.
-    `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
-    slower; see docs/experiments.md, "Rasters of 48 pixels")."""
+
+    Parameters:
+
+    - `raw_dir`: `preprocess`'s: the folder of raw drawings, one subfolder per source; one that
+      does not exist gives synthetic samples alone.
+    - `real_dir`: a folder of real raw drawings, laid out as `raw_dir`, that every trained model is
+      scored on (the `real_*` metrics; "": none).
+    - `class_set`: `preprocess`'s: "basic46", "extended" or "all".
+    - `synthetic_per_class`: `preprocess`'s: samples of each class synthesized from KanjiVG.
+    - `max_gap`: `preprocess`'s: straight runs longer than this share of the character's size get
+      points along them before the spline (0: none).
+    - `cnn_epochs`: `train_cnn`'s epochs.
+    - `cnn_raster_size`: `train_cnn`'s raster_size (48 reads small voicing marks better and serves
+      slower; see docs/experiments.md, "Rasters of 48 pixels").
+    - `transfer_epochs`: `train_transfer`'s epochs.
+    - `lstm_epochs`: `train_lstm`'s epochs.
+    - `kanji_classes`: `train_transfer`'s: how many kanji its base learns.
+    - `kanji_per_class`: `train_transfer`'s: synthetic samples of each kanji for its base.
+    - `base_epochs`: `train_transfer`'s: the most epochs to train its base.
+    - `model_name`: `register`'s: the registered model whose `champion` alias goes to the winner.
+    - `seed`: every step's: seeds the synthesis, the split and the training.
+    - `reuse`: reuse a FINISHED step run with the same parameters, git commit and kana code
+      instead of running it again (`register` always runs).
+    """
     from kana import classes
     from kana.dataset import check_dataset_params, check_raw_dir
     from kana.strokes import check_raw_folder

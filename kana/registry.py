@@ -165,7 +165,16 @@ def choose(runs: list) -> tuple[Candidate, list[Candidate]]:
 
 
 def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
-    """MLflow entry point `register`. Returns the champion's version (new or kept)."""
+    """MLflow entry point `register`: the best training run on a dataset, or the ensemble of each
+    family's best run where it scores at least as well, becomes the champion; a champion scored
+    on the same data that scores as well stays. Returns the champion's version (new or kept).
+
+    Parameters:
+
+    - `dataset_run_id`: the `preprocess` run whose training runs compete ("": the latest
+      FINISHED one).
+    - `model_name`: the registered model whose `champion` alias goes to the winner.
+    """
     client = MlflowClient()
     # a wrong id refused by name, before this run starts
     dataset_run = finished_preprocess_run(dataset_run_id) if dataset_run_id else None

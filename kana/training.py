@@ -470,13 +470,35 @@ def train_cnn(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
     """MLflow entry point `train_cnn`: the notebook's CNN on the rasters, with augmentation.
     The notebook's exact net: `--filters 32 --dense-units 40 --batch-norm 0`. Half its width
     (filters 16) costs a quarter of the compute at serving and, in the ensemble, reads as well.
-    `stroke_order` adds a second input channel with the strokes drawn in order of intensity.
-    `raster_size`: the rasters' side in pixels (the notebook's 32, padding included); other sizes
-    are drawn from the dataset's resampled strokes (48: small voicing marks get pixels of their
-    own; see docs/experiments.md, "Rasters of 48 pixels"). `antialias`: rasters drawn that many
-    times larger and box-filtered down (`features.render_rasters`; 1 draws the notebook's, pixels on or off).
-    `directions` (4 or 8): that many input channels more, the ink split by the orientation it runs
-    in (`features.render_direction_rasters`; the CNN made half the errors with 4); 0: none."""
+    Returns the run id.
+
+    Parameters:
+
+    - `dataset_run_id`: the `preprocess` run whose dataset to train on ("": the latest FINISHED
+      one).
+    - `epochs`: the most epochs to train (early stopping may end sooner); the learning rate decays
+      over them.
+    - `batch_size`: samples per training step.
+    - `learning_rate`: Adam's rate at the start, decayed along a cosine over `epochs`.
+    - `patience`: epochs without a better validation accuracy before training stops; the best
+      epoch's weights are kept.
+    - `dense_units`: the width of the dense layer before the output.
+    - `batch_norm`: 1 normalises each convolution's output over the batch; 0 is the notebook's.
+    - `filters`: the first convolution block's width (the next two have 2x and 4x).
+    - `seed`: seeds the weights, the shuffling and the augmentation, so a run can be repeated.
+    - `real_dir`: a folder of real raw drawings, laid out as `data/raw/`, to score the model on
+      after training (the `real_*` metrics; "": none).
+    - `augment`: 1 turns, shifts, shears and zooms the training rasters a little every epoch
+      (`models.augmentation`); 0 trains on them as they are.
+    - `stroke_order`: 1 adds a second input channel with the strokes drawn in order of intensity.
+    - `raster_size`: the rasters' side in pixels (the notebook's 32, padding included); other sizes
+      are drawn from the dataset's resampled strokes (48: small voicing marks get pixels of their
+      own; see docs/experiments.md, "Rasters of 48 pixels").
+    - `antialias`: rasters drawn that many times larger and box-filtered down
+      (`features.render_rasters`; 1 draws the notebook's, pixels on or off).
+    - `directions`: 4 or 8 input channels more, the ink split by the orientation it runs in
+      (`features.render_direction_rasters`; the CNN made half the errors with 4); 0: none.
+    """
     from kana.models import build_cnn
 
     check_raster_size(raster_size)
@@ -507,22 +529,48 @@ def train_lstm(dataset_run_id: str = "", epochs: int = 12, batch_size: int = 64,
                fit_box: int = 1, seed: int = 127, real_dir: str = "", augment: int = 1,
                encoding: str = "strokes", pen_path_points: int = features.PEN_PATH_POINTS,
                stroke_moves: float = 0.0, stroke_distortion: float = 1.0, bidirectional: int = 0) -> str:
-    """MLflow entry point `train_lstm`. The notebook's net: `--units 400 --dense-units 40
-    --downsample 1 --learning-rate 3e-5 --batch-size 10`; the defaults train in minutes on 2 CPU
-    cores. `fit_box` fits each character to the box before the pen path goes in (the notebook
-    used the canvas coordinates as drawn). `augment` redraws each training sample's pen path with
-    a small random slant, shear, aspect and stroke shifts every epoch (`models.distort_pen_paths`),
-    after moving each stroke on its own: turned, stretched and shifted a little, times
-    `stroke_distortion` (`models.distort_each_stroke`; 0: the whole character only, as before).
-    `encoding`: "strokes", the notebook's (each stroke's points in columns of their own,
-    `features.lstm_tensors`; family `lstm`), or "pen_path", the whole path as one sequence of
-    `pen_path_points` points with a pen-down flag (`features.pen_path_tensors`; family
-    `lstm_path`, a family of its own: `register` then ensembles it with the others' best runs).
-    `main` trains the notebook's: see docs/experiments.md, "The LSTM over the pen path as one
-    sequence", for what the pen path did and did not gain.
-    `stroke_moves`: with `augment`, the share of training samples, each epoch, with one stroke of
-    the kana moved elsewhere in its order (`models.move_one_stroke`). `bidirectional`: a second
-    LSTM of `units` reads the sequence backwards (`units` 64 costs about what one LSTM of 128 does)."""
+    """MLflow entry point `train_lstm`: an LSTM over the strokes' resampled points. The notebook's
+    net: `--units 400 --dense-units 40 --downsample 1 --learning-rate 3e-5 --batch-size 10`; the
+    defaults train in minutes on 2 CPU cores. Returns the run id.
+
+    Parameters:
+
+    - `dataset_run_id`: the `preprocess` run whose dataset to train on ("": the latest FINISHED
+      one).
+    - `epochs`: the most epochs to train (early stopping may end sooner); the learning rate decays
+      over them.
+    - `batch_size`: samples per training step.
+    - `learning_rate`: Adam's rate at the start, decayed along a cosine over `epochs`.
+    - `patience`: epochs without a better validation accuracy before training stops; the best
+      epoch's weights are kept.
+    - `units`: the LSTM's units.
+    - `dropout`: the share of the LSTM's outputs dropped in training.
+    - `dense_units`: the width of the dense layer before the output.
+    - `downsample`: the time steps are average-pooled by this much before the LSTM (1: none, the
+      notebook's).
+    - `fit_box`: 1 fits each character to the box before the pen path goes in; 0 takes the canvas
+      coordinates as drawn (the notebook's).
+    - `seed`: seeds the weights, the shuffling and the augmentation, so a run can be repeated.
+    - `real_dir`: a folder of real raw drawings, laid out as `data/raw/`, to score the model on
+      after training (the `real_*` metrics; "": none).
+    - `augment`: 1 redraws each training sample's pen path with a small random slant, shear,
+      aspect and stroke shifts every epoch (`models.distort_pen_paths`), after moving each stroke
+      on its own (`stroke_distortion`); 0 trains on the pen paths as they are.
+    - `encoding`: "strokes", the notebook's (each stroke's points in columns of their own,
+      `features.lstm_tensors`; family `lstm`), or "pen_path", the whole path as one sequence of
+      `pen_path_points` points with a pen-down flag (`features.pen_path_tensors`; family
+      `lstm_path`, a family of its own: `register` then ensembles it with the others' best runs).
+      `main` trains the notebook's: see docs/experiments.md, "The LSTM over the pen path as one
+      sequence", for what the pen path did and did not gain.
+    - `pen_path_points`: with encoding "pen_path", the points of its one sequence.
+    - `stroke_moves`: with `augment`, the share of training samples, each epoch, with one stroke of
+      the kana moved elsewhere in its order (`models.move_one_stroke`).
+    - `stroke_distortion`: with `augment`, the size of each stroke's own small turn, stretch and
+      shift, as a multiple of the default (`models.distort_each_stroke`; 0: the whole character
+      only).
+    - `bidirectional`: 1 adds a second LSTM of `units` that reads the sequence backwards (`units`
+      64 costs about what one LSTM of 128 does).
+    """
     from kana.models import build_lstm
 
     if encoding not in LSTM_ENCODINGS:
@@ -568,11 +616,42 @@ def train_transfer(dataset_run_id: str = "", base_model_uri: str = "",
 
     The base comes from `base_model_uri` when given; otherwise the latest `kana-kanji-base`
     version trained with the same settings and the same raster code (`raster_code_digest`) is
-    reused, and only when there is none is one trained
-    (on kanji synthesized from KanjiVG, or on Kuzushiji-49 when `base_source` is a folder of its
-    .npz files) and registered. `antialias`, `directions`: as `train_cnn`'s, for the base's input
-    too (orientation channels need the strokes, so a KanjiVG base). With directions=4 this CNN
-    made a fifth fewer errors, but the ensemble beside `train_cnn`'s gained nothing, so 0.
+    reused, and only when there is none is one trained (on kanji synthesized from KanjiVG, or on
+    Kuzushiji-49 when `base_source` is a folder of its .npz files) and registered. Returns the
+    run id.
+
+    Parameters:
+
+    - `dataset_run_id`: the `preprocess` run whose dataset to train on ("": the latest FINISHED
+      one).
+    - `base_model_uri`: an MLflow URI of a Keras CNN (as `train_cnn` builds) to fine-tune ("": a
+      `kana-kanji-base`, reused or trained).
+    - `base_source`: what a base trained here learns: "kanjivg" (kanji synthesized from KanjiVG)
+      or a folder of Kuzushiji-49's `k49-train-imgs.npz` and `k49-train-labels.npz`.
+    - `frozen_blocks`: how many of the base's first convolution blocks stay frozen while it is
+      fine-tuned (0: none).
+    - `epochs`: the most epochs to fine-tune (early stopping may end sooner); the learning rate
+      decays over them.
+    - `batch_size`: samples per training step.
+    - `learning_rate`: Adam's rate at the start, decayed along a cosine over `epochs`.
+    - `patience`: epochs without a better validation accuracy before training stops; the best
+      epoch's weights are kept.
+    - `dense_units`: the width of the new head's dense layer.
+    - `kanji_classes`: how many kanji a KanjiVG base learns.
+    - `kanji_per_class`: synthetic samples of each kanji for a KanjiVG base.
+    - `base_epochs`: the most epochs to train a base.
+    - `filters`: the first convolution block's width of a base trained here (the next two have 2x
+      and 4x).
+    - `seed`: seeds the weights, the shuffling and the augmentation (and a base's kanji), so a run
+      can be repeated.
+    - `real_dir`: a folder of real raw drawings, laid out as `data/raw/`, to score the model on
+      after training (the `real_*` metrics; "": none).
+    - `augment`: 1 turns, shifts, shears and zooms the training rasters a little every epoch
+      (`models.augmentation`); 0 trains on them as they are.
+    - `antialias`: as `train_cnn`'s, for the base's input too.
+    - `directions`: as `train_cnn`'s, for the base's input too (orientation channels need the
+      strokes, so a KanjiVG base). With directions=4 this CNN made a fifth fewer errors, but the
+      ensemble beside `train_cnn`'s gained nothing, so 0.
     """
     from kana.models import CNN_BLOCKS, build_transfer, check_frozen_blocks, conv_blocks
 

@@ -1,5 +1,6 @@
 """The README and docs/ link to files and sections that exist, so a renamed section breaks a test,
-not a reader's click; and `kana <command> --help` shows each command's docstring whole, reflowed."""
+not a reader's click; and `kana <command> --help` shows each command's docstring, reflowed: its
+prose as the command's help, its line of each parameter as the option's."""
 
 import inspect
 import re
@@ -79,7 +80,7 @@ def test_sections_the_code_names_exist():
     assert [(name, title) for name, title in named if title not in sections] == []
 
 
-def test_command_help_is_the_whole_docstring_reflowed_to_the_terminal():
+def test_command_help_is_the_docstrings_prose_reflowed_to_the_terminal():
     """Typer's default markup kept the docstrings' own line breaks after their first paragraph, so at
     80 columns `kana preprocess --help` broke lines a few words in; and it read `[...]` as markup."""
     from typer.testing import CliRunner
@@ -101,3 +102,51 @@ def test_command_help_is_the_whole_docstring_reflowed_to_the_terminal():
                       if line.strip() and after.strip()
                       and len(line) + 1 + len(after.split()[0]) < width - 1]
     assert cut_short == []
+
+
+def test_every_option_of_every_command_has_its_docstring_line_as_help():
+    """`kana <command> --help` listed each option with its type and default alone (what is
+    `dataset_run_id`, `real_dir`, `patience`?). Each command's function lists every parameter,
+    in its signature's order, under "Parameters:" in its docstring, and that line is the
+    option's help, in `kana`'s help and in the MLflow entry point's command line."""
+    import os
+    import subprocess
+    import sys
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from kana.cli import app, documented_parameters
+
+    group = typer.main.get_command(app)
+    for command in app.registered_commands:
+        fn = command.callback.__wrapped__
+        _, lines = documented_parameters(fn)
+        assert list(lines) == list(inspect.signature(fn).parameters), command.name
+        assert all(lines.values()), command.name
+        options = {p.name: p.help for p in group.commands[command.name].params if p.name != "help"}
+        assert options == lines, command.name
+
+    wide = {"COLUMNS": "400"}  # each option's help on one line
+    shown = CliRunner().invoke(app, ["train-lstm", "--help"], env=wide).output
+    entry_point = subprocess.run([sys.executable, "-m", "entrypoints.train_lstm", "--help"],
+                                 cwd=ROOT, env={**os.environ, **wide}, capture_output=True,
+                                 text=True, check=True).stdout
+    expected = 'the preprocess run whose dataset to train on ("": the latest FINISHED one).'
+    assert expected in shown and expected in entry_point  # markdown: `preprocess` without backticks
+
+
+def test_a_parameter_listed_twice_is_refused_by_name():
+    from kana.cli import documented_parameters
+
+    def twice(epochs: int = 1):
+        """Trains.
+
+        Parameters:
+
+        - `epochs`: how many.
+        - `epochs`: how many again.
+        """
+
+    with pytest.raises(ValueError, match="twice's docstring lists parameter 'epochs' twice"):
+        documented_parameters(twice)
