@@ -109,8 +109,6 @@ def log_dataset_input(dataset, context: str, attempts: int = 5) -> None:
     constraint; by then the dataset exists and a retry just links it to this run."""
     import time
 
-    from mlflow.exceptions import MlflowException
-
     for attempt in range(attempts):
         try:
             mlflow.log_input(dataset, context=context)
