@@ -480,3 +480,51 @@ def test_a_character_list_that_does_not_load_turns_saving_off_and_says_why(page,
     wait.until(lambda d: count.text == "1 stroke")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#guesses li")) == 5)
     assert not save.is_enabled()  # a guess clears the message; the list still says why Save is off
+
+
+def test_the_page_says_why_a_guess_or_a_save_failed_and_keeps_the_drawing(browser, tmp_path):
+    """Behind a model server that fails (500), the page shows that server's reason instead of
+    guesses; a save the page server refuses (400) says why and writes nothing; the strokes stay,
+    and once the drawing is finished it saves."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), _FailingModelServer)
+    page_server = make_server(RemoteGuesser(_serve_in_thread(failing), timeout=5), tmp_path, port=0,
+                              contributor="erin")
+    try:
+        driver = browser
+        wait, canvas, count = _open_page(driver, _serve_in_thread(page_server))
+        status = driver.find_element(By.ID, "status")
+
+        def says(prefix):
+            wait.until(lambda d: status.text.startswith(prefix))
+            assert status.get_attribute("class") == "error", status.text
+            return status.text
+
+        driver.find_element(By.ID, "save").click()
+        assert says("Draw something first.") == "Draw something first."
+        _draw_stroke(driver, canvas, KA["1"])
+        wait.until(lambda d: count.text == "1 stroke")
+        assert "failed: out of memory" in says("Could not guess: ")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#guesses li")
+
+        Select(driver.find_element(By.ID, "char")).select_by_value("ka")
+        driver.find_element(By.ID, "save").click()
+        assert "ka is written with 3" in says("Not saved: ")
+        assert not status.get_attribute("data-saved") and not list(tmp_path.rglob("*.pickle"))
+
+        for stroke in (KA["2"], KA["3"]):
+            _draw_stroke(driver, canvas, stroke)
+        wait.until(lambda d: count.text == "3 strokes")
+        driver.find_element(By.ID, "save").click()
+        wait.until(lambda d: status.get_attribute("data-saved"))
+        saved = Path(status.get_attribute("data-saved"))
+        assert saved == tmp_path / "erin" / "ka00001.pickle"
+        drawn = driver.execute_script("return window.kanaSample()")
+        for k, stroke in enumerate(load_pickle_sample(saved)):
+            np.testing.assert_array_equal(stroke, np.array(drawn[str(k + 1)]))
+    finally:
+        for server in (page_server, failing):
+            server.shutdown()
+            server.server_close()
