@@ -88,10 +88,14 @@ def conv_blocks(base: keras.Model) -> int:
 
 def check_frozen_blocks(frozen_blocks: int, blocks: int) -> None:
     """More blocks than the base has would freeze the new head too: nothing would train, and the
-    run would end with a head of random weights (Keras only warns)."""
+    run would end with a head of random weights (Keras only warns). Fewer than none froze none,
+    as if 0 had been asked."""
     if frozen_blocks > blocks:
         raise ValueError(f"frozen_blocks: the base has {blocks} convolution blocks, got {frozen_blocks} "
                          "(more would freeze the new head too)")
+    if not frozen_blocks >= 0:
+        raise ValueError(f"frozen_blocks: expected 0 to {blocks} (the base's convolution blocks), "
+                         f"got {frozen_blocks}")
 
 
 def build_lstm(

@@ -66,9 +66,9 @@ def test_transfer_freezes_whole_blocks_and_replaces_the_head():
     assert model.layers[0] is base.layers[0]  # the base's trained layers, not copies
 
 
-def test_transfer_refuses_to_freeze_more_blocks_than_the_base_has():
+def test_transfer_refuses_to_freeze_more_blocks_than_the_base_has_or_fewer_than_none():
     """Freezing past the base's last block froze the new head too: the run trained nothing and
-    ended with a head of random weights, Keras only warning."""
+    ended with a head of random weights, Keras only warning. A negative count froze nothing."""
     from kana.models import build_cnn, build_transfer
 
     base = build_cnn(30, filters=4)
@@ -77,6 +77,9 @@ def test_transfer_refuses_to_freeze_more_blocks_than_the_base_has():
                                                                                       "head_softmax"]
     with pytest.raises(ValueError, match="^frozen_blocks: the base has 3 convolution blocks, got 4 "):
         build_transfer(base, 46, frozen_blocks=4)
+    expected = r"^frozen_blocks: expected 0 to 3 \(the base's convolution blocks\), got -1$"
+    with pytest.raises(ValueError, match=expected):
+        build_transfer(base, 46, frozen_blocks=-1)
 
 
 def test_model_builders_accept_the_notebooks_settings():
