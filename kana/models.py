@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 from keras import layers
@@ -88,14 +90,14 @@ def conv_blocks(base: keras.Model) -> int:
 
 def check_frozen_blocks(frozen_blocks: int, blocks: int) -> None:
     """More blocks than the base has would freeze the new head too: nothing would train, and the
-    run would end with a head of random weights (Keras only warns). Fewer than none froze none,
-    as if 0 had been asked."""
+    run would end with a head of random weights (Keras only warns). A negative count would freeze
+    nothing and 1.5 would freeze two blocks, silently, while the run logs what was asked."""
+    if not isinstance(frozen_blocks, numbers.Integral) or frozen_blocks < 0:
+        raise ValueError(f"frozen_blocks: expected a whole number from 0 to {blocks} (the base's "
+                         f"convolution blocks), got {frozen_blocks}")
     if frozen_blocks > blocks:
         raise ValueError(f"frozen_blocks: the base has {blocks} convolution blocks, got {frozen_blocks} "
                          "(more would freeze the new head too)")
-    if not frozen_blocks >= 0:
-        raise ValueError(f"frozen_blocks: expected 0 to {blocks} (the base's convolution blocks), "
-                         f"got {frozen_blocks}")
 
 
 def build_lstm(

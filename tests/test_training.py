@@ -66,9 +66,10 @@ def test_transfer_freezes_whole_blocks_and_replaces_the_head():
     assert model.layers[0] is base.layers[0]  # the base's trained layers, not copies
 
 
-def test_transfer_refuses_to_freeze_more_blocks_than_the_base_has_or_fewer_than_none():
+def test_transfer_refuses_frozen_blocks_beyond_the_base_s_blocks_below_zero_or_not_whole():
     """Freezing past the base's last block froze the new head too: the run trained nothing and
-    ended with a head of random weights, Keras only warning. A negative count froze nothing."""
+    ended with a head of random weights, Keras only warning. A negative count froze nothing, and
+    1.5 froze two blocks while the run logged 1.5."""
     from kana.models import build_cnn, build_transfer
 
     base = build_cnn(30, filters=4)
@@ -77,9 +78,11 @@ def test_transfer_refuses_to_freeze_more_blocks_than_the_base_has_or_fewer_than_
                                                                                       "head_softmax"]
     with pytest.raises(ValueError, match="^frozen_blocks: the base has 3 convolution blocks, got 4 "):
         build_transfer(base, 46, frozen_blocks=4)
-    expected = r"^frozen_blocks: expected 0 to 3 \(the base's convolution blocks\), got -1$"
-    with pytest.raises(ValueError, match=expected):
-        build_transfer(base, 46, frozen_blocks=-1)
+    for asked in (-1, 1.5, float("nan")):
+        expected = f"frozen_blocks: expected a whole number from 0 to 3 (the base's convolution blocks), got {asked}"
+        with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+            build_transfer(base, 46, frozen_blocks=asked)
+    assert build_transfer(base, 46, frozen_blocks=np.int64(1)).layers[0].trainable is False
 
 
 def test_model_builders_accept_the_notebooks_settings():
