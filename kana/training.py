@@ -9,6 +9,7 @@ pyfunc needs to read raw samples the same way. The three entry points are thin w
 from __future__ import annotations
 
 import json
+import numbers
 import resource
 import sys
 import time
@@ -275,9 +276,13 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 def check_at_least(least: int, **values) -> None:
-    """ValueError naming the first parameter below `least`, before any run starts."""
+    """ValueError naming the first count (epochs, units, ...) that is not a whole number
+    `least` or more, before any run starts: Keras refuses epochs=1.5 only once the run's
+    data is featurized, with a TypeError that names no parameter."""
     for name, value in values.items():
-        if not value >= least:  # NaN too
+        if not isinstance(value, numbers.Integral):  # 1.5, NaN, "3"
+            raise ValueError(f"{name}: expected a whole number, got {value!r}")
+        if value < least:
             raise ValueError(f"{name}: expected {least} or more, got {value}")
 
 

@@ -300,6 +300,8 @@ def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp
 @pytest.mark.parametrize("step, params, message", [
     ("train_cnn", {"epochs": 0}, "epochs: expected 1 or more, got 0"),  # FINISHED untrained before
     ("train_cnn", {"batch_size": 0}, "batch_size: expected 1 or more, got 0"),  # ZeroDivisionError
+    ("train_cnn", {"epochs": 1.5}, "epochs: expected a whole number, got 1.5"),  # Keras: TypeError
+    ("train_lstm", {"units": float("nan")}, "units: expected a whole number, got nan"),
     ("train_cnn", {"learning_rate": -1.0}, "learning_rate: expected a positive number, got -1.0"),
     ("train_lstm", {"learning_rate": float("nan")}, "learning_rate: expected a positive number, got nan"),
     ("train_cnn", {"patience": -1}, "patience: expected 0 or more, got -1"),
@@ -314,6 +316,7 @@ def test_a_raw_or_real_dir_kana_may_not_list_is_refused_before_anything_runs(tmp
      "base_source 'KanjiVG': expected 'kanjivg' or a folder of Kuzushiji-49's .npz files; "
      "Kuzushiji-49 file missing: KanjiVG/k49-train-imgs.npz"),
     ("main", {"lstm_epochs": 0}, "lstm_epochs: expected 1 or more, got 0"),
+    ("main", {"cnn_epochs": "3"}, "cnn_epochs: expected a whole number, got '3'"),  # a TypeError before
     ("main", {"synthetic_per_class": -1}, "synthetic_per_class must be 0 (raw samples alone) or more"),
     ("main", {"class_set": "basic64"}, "unknown class_set 'basic64'"),
 ])
