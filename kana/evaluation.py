@@ -122,8 +122,9 @@ def log_split_evaluation(
     net_probs: np.ndarray | None = None,
     sources: list[str] | None = None,
 ) -> dict[str, float]:
-    """Log the per-class table, confusion matrix and a grid of misclassified samples; return the
-    metrics (the caller logs them with the rest of the run's final metrics).
+    """Log the per-class table, confusion matrix, a grid of the first 96 misclassified samples and,
+    where `names` are given, a list of every one (file, true class, predicted); return the metrics
+    (the caller logs them with the rest of the run's final metrics).
 
     `probs` are the model's as served (the stroke count weighed in); `net_probs`, the network's own,
     add `<prefix>_balanced_accuracy_without_count_prior`, so runs show what the prior adds.
@@ -144,10 +145,11 @@ def log_split_evaluation(
         confusion_matrix_figure(y_true, y_pred, class_ids, f"{prefix} confusion matrix"),
         f"evaluation/{prefix}_confusion_matrix.png",
     )
-    wrong = np.flatnonzero(y_pred != y_true)[:96]
-    captions = [f"{class_ids[y_true[i]]}->{class_ids[y_pred[i]]}" for i in wrong]
+    wrong = np.flatnonzero(y_pred != y_true)
+    shown = wrong[:96]  # more would not be read in one picture; the list below has them all
+    captions = [f"{class_ids[y_true[i]]}->{class_ids[y_pred[i]]}" for i in shown]
     mlflow.log_image(
-        plots.image_grid([rasters[i] for i in wrong], captions),
+        plots.image_grid([rasters[i] for i in shown], captions),
         f"evaluation/{prefix}_misclassified.png",
     )
     if names is not None and len(wrong):

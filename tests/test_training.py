@@ -573,3 +573,24 @@ def test_accuracy_on_the_basic_46_and_on_each_source_against_known_values():
                  "real_source_a_b__accuracy": 0.0, "real_n_source_a_b_": 1,  # ":" fails on Windows
                  "real_source_a_b___accuracy": 1.0, "real_n_source_a_b__": 1,
                  "real_source_ゆき_accuracy": 0.0, "real_n_source_ゆき": 1}
+
+
+def test_every_misclassified_sample_is_listed_by_file_though_the_picture_shows_96(tmp_path,
+                                                                                  use_tracking_store):
+    import mlflow
+
+    from kana.evaluation import log_split_evaluation
+
+    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    class_ids = ["a", "i", "u"]
+    y_true = np.zeros(130, dtype=int)
+    probs = np.tile([0.1, 0.8, 0.1], (130, 1))
+    probs[:20] = [0.8, 0.1, 0.1]  # the first 20 read right, the other 110 read as "i"
+    names = [f"src/a{k}.pickle" for k in range(130)]
+    # an experiment of its own: an earlier test may leave MLflow set to one of another store's
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("evaluation")) as run:
+        metrics = log_split_evaluation("test", y_true, probs, class_ids,
+                                       np.zeros((130, 8, 8), np.uint8), names)
+    assert metrics["test_accuracy"] == pytest.approx(20 / 130)
+    listed = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/test_misclassified.tsv")
+    assert listed.splitlines() == [f"src/a{k}.pickle\ta\ti" for k in range(20, 130)]
