@@ -587,8 +587,10 @@ def test_every_misclassified_sample_is_listed_by_file_though_the_picture_shows_9
     probs = np.tile([0.1, 0.8, 0.1], (130, 1))
     probs[:20] = [0.8, 0.1, 0.1]  # the first 20 read right, the other 110 read as "i"
     names = [f"src/a{k}.pickle" for k in range(130)]
-    # an experiment of its own: an earlier test may leave MLflow set to one of another store's
-    with mlflow.start_run(experiment_id=mlflow.create_experiment("evaluation")) as run:
+    # an experiment of its own (an earlier test may leave MLflow set to one of another store's),
+    # its artifacts under tmp_path: by default they would land in ./mlruns of the checkout
+    experiment = mlflow.create_experiment("evaluation", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment) as run:
         metrics = log_split_evaluation("test", y_true, probs, class_ids,
                                        np.zeros((130, 8, 8), np.uint8), names)
     assert metrics["test_accuracy"] == pytest.approx(20 / 130)
