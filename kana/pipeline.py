@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kana.features import MAX_GAP
@@ -154,20 +155,10 @@ def main(
         # Registering is cheap and must see every candidate, so it always runs.
         registered = _get_or_run("register", {"dataset_run_id": dataset_run_id,
                                               "model_name": model_name}, commit, reuse=False)
-        from kana.registry import ENSEMBLE, current_champion
+        from kana.registry import current_champion
 
         champion = current_champion(model_name)
-        champion_source = champion.tags.get("source_run_id") if champion else None
-        rows = []
-        for family, run in runs.items():
-            m = run.data.metrics
-            rows.append(_row(family, m, run.info.run_id, run.info.run_id == champion_source))
-        ensemble = {k.removeprefix("ensemble_"): v for k, v in registered.data.metrics.items()
-                    if k.startswith("ensemble_")}
-        if ensemble:
-            members = {r.info.run_id for r in runs.values()}
-            rows.append(_row(ENSEMBLE, ensemble, "(geometric mean of the above)",
-                             set((champion_source or "").split(",")) == members))
+        rows = summary_rows(runs, registered, champion)
         table = format_table(rows)
         print(table)
         mlflow.log_text(table, "summary.txt")
@@ -175,6 +166,49 @@ def main(
             mlflow.set_tags({"champion_version": champion.version,
                              "champion_family": champion.tags.get("model_family", "")})
         return rows
+
+
+def summary_rows(runs: dict, registered, champion) -> list[dict]:
+    """The summary's rows: each family's run of this `main`; the ensemble `register` scored, which
+    is of the best run of each family on this dataset (runs of an earlier `main` with other
+    epochs among them, where they scored better: then its run_id cell names them, not "the
+    above"); and the champion, where it is none of those (better runs on this data, kept), as a
+    row of its own. Exactly one row says "yes" where there is a champion."""
+    from kana.registry import ENSEMBLE, ENSEMBLE_RUNS_TAG
+
+    champion_runs = set(champion.tags.get("source_run_id", "").split(",")) if champion else set()
+
+    def is_champion(run_ids: str) -> bool:
+        return set(run_ids.split(",")) == champion_runs
+
+    rows = [_row(family, run.data.metrics, run.info.run_id, is_champion(run.info.run_id))
+            for family, run in runs.items()]
+    ensemble = {k.removeprefix("ensemble_"): v for k, v in registered.data.metrics.items()
+                if k.startswith("ensemble_")}
+    if ensemble:
+        members = registered.data.tags[ENSEMBLE_RUNS_TAG]
+        above = set(members.split(",")) == {r.info.run_id for r in runs.values()}
+        rows.append(_row(ENSEMBLE, ensemble, "(geometric mean of the above)" if above else members,
+                         is_champion(members)))
+    if champion is not None and not any(row["champion"] for row in rows):
+        rows.append(_champion_row(champion))
+    return rows
+
+
+def _champion_row(champion) -> dict:
+    """The champion's row where it is no run of this `main`: its training run's metrics where it
+    is one run that still exists, else the validation score its version was registered with."""
+    from kana.registry import SELECTION_METRIC, is_not_found
+
+    source = champion.tags.get("source_run_id", "")
+    metrics = {SELECTION_METRIC: float(champion.tags.get(SELECTION_METRIC, "nan"))}
+    if source and "," not in source:
+        try:
+            metrics = MlflowClient().get_run(source).data.metrics
+        except MlflowException as exc:
+            if not is_not_found(exc):  # purged by `mlflow gc`: the version's own score
+                raise
+    return _row(champion.tags.get("model_family", ""), metrics, source, True)
 
 
 def _row(family: str, m: dict, run_id: str, is_champion: bool) -> dict:

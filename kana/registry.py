@@ -13,7 +13,9 @@ that finds nothing better than the current champion on the same data leaves the 
 is, unless the champion's pyfunc carries other kana code (version tag `kana_code_digest`): then
 the same models are packaged again with this code as a new version, so serving fixes reach the
 served model without a retrain; where its source runs were purged (`mlflow gc`), it stays as it
-is, and `register` says so.
+is, and `register` says so. The register run logs the ensemble's scores as `ensemble_*` metrics
+and the runs it is of as tag `ensemble_run_ids` (runs of an earlier `main` among them, where
+they scored better on this data).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CHAMPION = "champion"
 TRAIN_ENTRY_POINTS = ("train_cnn", "train_transfer", "train_lstm")
 SELECTION_METRIC = "val_balanced_accuracy"
 ENSEMBLE = "ensemble"
+ENSEMBLE_RUNS_TAG = "ensemble_run_ids"  # on a register run: the runs its ensemble_* metrics are of
 CODE_TAG = "kana_code_digest"  # which kana code the registered pyfunc carries
 DIGEST_TAG = "dataset_digest"  # the content digest of the data the version was scored on
 
@@ -52,7 +55,7 @@ def _champion_candidate(champion, candidates: list) -> "Candidate | None":
         try:
             runs.append(client.get_run(run_id))
         except MlflowException as exc:
-            if not _is_not_found(exc):
+            if not is_not_found(exc):
                 raise
             missing.append(run_id)
     if missing:
@@ -75,7 +78,7 @@ def training_runs(dataset_run_id: str):
     return [r for r in runs if r.data.tags.get(ENTRY_POINT_TAG) in TRAIN_ENTRY_POINTS]
 
 
-def _is_not_found(exc: MlflowException) -> bool:
+def is_not_found(exc: MlflowException) -> bool:
     """MLflow's answer for a registered model, alias or run that does not exist. A missing alias
     comes as INVALID_PARAMETER_VALUE ("... alias champion not found."), from SQLite and REST."""
     return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
@@ -89,7 +92,7 @@ def current_champion(model_name: str):
     try:
         return MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return None
         raise MlflowException(f"cannot read the {CHAMPION!r} alias of {model_name!r} in the model "
                               f"registry ({mlflow.get_registry_uri()}): {exc.message}") from exc
@@ -103,7 +106,7 @@ def dataset_digest_of(dataset_run_id: str) -> str | None:
     try:
         return MlflowClient().get_run(dataset_run_id).data.params.get("dataset_digest")
     except MlflowException as exc:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return None
         raise MlflowException(f"cannot read the dataset run {dataset_run_id} of the champion in "
                               f"the tracking store ({mlflow.get_tracking_uri()}): {exc.message}") from exc
@@ -197,6 +200,7 @@ def register(dataset_run_id: str = "", model_name: str = MODEL_NAME) -> str:
         ensemble = next((c for c in candidates if c.family == ENSEMBLE), None)
         if ensemble is not None:
             mlflow.log_metrics({f"ensemble_{k}": v for k, v in ensemble.metrics.items()})
+            mlflow.set_tag(ENSEMBLE_RUNS_TAG, ensemble.source_run_id)
         champion = current_champion(model_name)
         digest = dataset_run.data.params.get("dataset_digest")  # of the data at hand
         code = code_digest()

@@ -182,6 +182,73 @@ def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path
         for column, metric in (("real_acc", "real_accuracy"), ("real_b46_acc", "real_basic46_accuracy"),
                                ("real_bal_acc", "real_balanced_accuracy")):
             assert table[family][column] == f"{run.data.metrics[prefix + metric]:.4f}", (family, column)
+    # the ensemble is of the three runs above, and the register run names them
+    assert set(register.data.tags["ensemble_run_ids"].split(",")) == {r.info.run_id for r in runs}
+    assert lines[-1].startswith("ensemble") and lines[-1].endswith("(geometric mean of the above)")
+
+
+def test_the_summary_names_the_runs_of_an_ensemble_and_a_champion_that_are_not_in_it(
+        tmp_path, monkeypatch, use_tracking_store):
+    """A rerun of `main` with fewer epochs on the same data: `register` weighs every run on that
+    data, so its ensemble and the champion can be runs of the earlier `main`. The table then names
+    those runs instead of calling the ensemble "the above", and the champion gets a row of its own
+    (its run's metrics, or the score on its version where that run is gone), marked as the one."""
+    from kana.pipeline import format_table, summary_rows
+    from kana.registry import CHAMPION, ENSEMBLE_RUNS_TAG
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("summary", artifact_location=str(tmp_path / "artifacts"))
+
+    def finished_run(tags: dict, metrics: dict):
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_terminated(run_id)
+        return client.get_run(run_id)
+
+    earlier_cnn = finished_run({"model_family": "cnn"}, {"val_balanced_accuracy": 0.99, "real_accuracy": 0.98})
+    runs = {family: finished_run({"model_family": family}, {"val_balanced_accuracy": 0.5})
+            for family in FAMILIES}
+    members = ",".join([earlier_cnn.info.run_id, runs["transfer"].info.run_id, runs["lstm"].info.run_id])
+    registered = finished_run({ENSEMBLE_RUNS_TAG: members}, {"ensemble_val_balanced_accuracy": 0.95})
+    client.create_registered_model("kana-summary-test")
+
+    def champion(source_run_id: str, family: str, score: str):
+        version = client.create_model_version("kana-summary-test", "runs:/x/model").version
+        for key, value in {"source_run_id": source_run_id, "model_family": family,
+                           "val_balanced_accuracy": score}.items():
+            client.set_model_version_tag("kana-summary-test", version, key, value)
+        client.set_registered_model_alias("kana-summary-test", CHAMPION, version)
+        return client.get_model_version_by_alias("kana-summary-test", CHAMPION)
+
+    def table(champion_version) -> dict:
+        rows = summary_rows(runs, registered, champion_version)
+        assert format_table(rows).count("yes") == 1
+        return {(r["family"], r["run_id"]): r for r in rows}
+
+    # the champion is the earlier cnn run alone: a row of its own, with that run's metrics
+    rows = table(champion(earlier_cnn.info.run_id, "cnn", "0.990000"))
+    assert rows["ensemble", members]["val_bal_acc"] == 0.95 and not rows["ensemble", members]["champion"]
+    assert rows["cnn", earlier_cnn.info.run_id]["champion"] == "yes"
+    assert rows["cnn", earlier_cnn.info.run_id]["real_acc"] == 0.98
+    assert len(rows) == 5
+    # the champion is that ensemble (its runs in another order): its row says so, no other is added
+    reordered = ",".join(reversed(members.split(",")))
+    rows = table(champion(reordered, "ensemble:lstm+transfer+cnn", "0.950000"))
+    assert rows["ensemble", members]["champion"] == "yes" and len(rows) == 4
+    # the champion's run no longer exists (purged): the score its version was registered with
+    gone = "0" * 32
+    rows = table(champion(gone, "lstm", "0.970000"))
+    assert rows["lstm", gone]["champion"] == "yes"
+    assert rows["lstm", gone]["val_bal_acc"] == 0.97 and rows["lstm", gone]["real_acc"] is None
+    # this main's own runs: the ensemble is "the above", and the champion one of its rows
+    registered = finished_run({ENSEMBLE_RUNS_TAG: ",".join(r.info.run_id for r in runs.values())},
+                              {"ensemble_val_balanced_accuracy": 0.6})
+    rows = table(champion(runs["lstm"].info.run_id, "lstm", "0.500000"))
+    assert rows["ensemble", "(geometric mean of the above)"]["champion"] == ""
+    assert rows["lstm", runs["lstm"].info.run_id]["champion"] == "yes" and len(rows) == 4
 
 
 def _real_samples(pipeline, n=6):
