@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.string_utils import quote
 
 from kana.features import MAX_GAP
 from kana.tracking import (CODE_DIGEST_TAG, code_digest, experiment_ids, git_commit, kana_run,
@@ -33,14 +34,17 @@ def _already_ran(entry_point: str, parameters: dict, commit: str | None):
         filter_string=f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
-    wanted = {k: str(v) for k, v in parameters.items()}
+    # MLflow Projects logs each value as it put it on the command line, shell-quoted ('' for "",
+    # a folder with a space in quotes): compared as given, a step run with real_dir "" (main's
+    # default) never matched, and every rerun of `main` trained all three families again
+    wanted = {k: {str(v), quote(str(v))} for k, v in parameters.items()}
     code = code_digest()
     for run in runs:
         if commit and run.data.tags.get("mlflow.source.git.commit") != commit:
             continue
         if run.data.tags.get(CODE_DIGEST_TAG) != code:
             continue
-        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+        if all(run.data.params.get(k) in v for k, v in wanted.items()):
             return run
     return None
 
