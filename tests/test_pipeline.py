@@ -260,7 +260,8 @@ def test_the_summary_names_the_runs_of_an_ensemble_and_a_champion_that_are_not_i
 
     def table(champion_version) -> dict:
         rows = summary_rows(runs, registered, champion_version)
-        assert format_table(rows).count("yes") == 1
+        text = format_table(rows)
+        assert text.count("yes") == 1 and all(line == line.rstrip() for line in text.splitlines())
         return {(r["family"], r["run_id"]): r for r in rows}
 
     # the champion is the earlier cnn run alone: a row of its own, with that run's metrics
