@@ -20,8 +20,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import (EXPERIMENT, MODEL_NAME, PROJECT_DIR, TINY, free_port, left_in_temp_folder,
-                      server_process)
+from conftest import (EXPERIMENT, MODEL_NAME, PROJECT_DIR, TINY, finished_run, free_port,
+                      left_in_temp_folder, server_process)
 from kana.classes import class_set
 
 FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
@@ -236,18 +236,13 @@ def test_the_summary_names_the_runs_of_an_ensemble_and_a_champion_that_are_not_i
     client = MlflowClient()
     experiment = client.create_experiment("summary", artifact_location=str(tmp_path / "artifacts"))
 
-    def finished_run(tags: dict, metrics: dict):
-        run_id = client.create_run(experiment, tags=tags).info.run_id
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value)
-        client.set_terminated(run_id)
-        return client.get_run(run_id)
+    def run(tags: dict, **metrics):
+        return client.get_run(finished_run(experiment, tags, **metrics))
 
-    earlier_cnn = finished_run({"model_family": "cnn"}, {"val_balanced_accuracy": 0.99, "real_accuracy": 0.98})
-    runs = {family: finished_run({"model_family": family}, {"val_balanced_accuracy": 0.5})
-            for family in FAMILIES}
+    earlier_cnn = run({"model_family": "cnn"}, val_balanced_accuracy=0.99, real_accuracy=0.98)
+    runs = {family: run({"model_family": family}, val_balanced_accuracy=0.5) for family in FAMILIES}
     members = ",".join([earlier_cnn.info.run_id, runs["transfer"].info.run_id, runs["lstm"].info.run_id])
-    registered = finished_run({ENSEMBLE_RUNS_TAG: members}, {"ensemble_val_balanced_accuracy": 0.95})
+    registered = run({ENSEMBLE_RUNS_TAG: members}, ensemble_val_balanced_accuracy=0.95)
     client.create_registered_model("kana-summary-test")
 
     def champion(source_run_id: str, family: str, score: str):
@@ -280,8 +275,8 @@ def test_the_summary_names_the_runs_of_an_ensemble_and_a_champion_that_are_not_i
     assert rows["lstm", gone]["champion"] == "yes"
     assert rows["lstm", gone]["val_bal_acc"] == 0.97 and rows["lstm", gone]["real_acc"] is None
     # this main's own runs: the ensemble is "the above", and the champion one of its rows
-    registered = finished_run({ENSEMBLE_RUNS_TAG: ",".join(r.info.run_id for r in runs.values())},
-                              {"ensemble_val_balanced_accuracy": 0.6})
+    registered = run({ENSEMBLE_RUNS_TAG: ",".join(r.info.run_id for r in runs.values())},
+                     ensemble_val_balanced_accuracy=0.6)
     rows = table(champion(runs["lstm"].info.run_id, "lstm", "0.500000"))
     assert rows["ensemble", "(geometric mean of the above)"]["champion"] == ""
     assert rows["lstm", runs["lstm"].info.run_id]["champion"] == "yes" and len(rows) == 4

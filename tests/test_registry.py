@@ -13,20 +13,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port
+from conftest import finished_run, free_port
 
 
 DIGEST = "268b37894d9bf1e5"  # a dataset's content digest
-
-
-def _finished_run(experiment: str, tags: dict, **values) -> str:
-    """A FINISHED run with these tags, float values logged as metrics and the others as params."""
-    client = MlflowClient()
-    run_id = client.create_run(experiment, tags=tags).info.run_id
-    for key, value in values.items():
-        (client.log_metric if isinstance(value, float) else client.log_param)(run_id, key, value)
-    client.set_terminated(run_id)
-    return run_id
 
 
 def _champion_version(run_id: str, tags: dict) -> str:
@@ -115,12 +105,12 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
     client = MlflowClient()
     experiment = client.create_experiment("registry-test")
 
-    data = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
-    kept = _finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data,
-                                      "model_family": "lstm"},
-                         **{SELECTION_METRIC: 0.5})  # worse than the champion
-    purged = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
-                                        "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
+    data = finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
+    kept = finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": data,
+                                     "model_family": "lstm"},
+                        **{SELECTION_METRIC: 0.5})  # worse than the champion
+    purged = finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
+                                       "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
     champion = _champion_version(purged, {
         "source_run_id": f"{purged},{kept}", "model_family": "ensemble:cnn+lstm",
         SELECTION_METRIC: "0.900000", "dataset_run_id": data, CODE_TAG: "an-older-kana"})
@@ -149,12 +139,12 @@ def test_a_champion_whose_dataset_run_was_purged_is_still_weighed_on_its_data(
     client = MlflowClient()
     experiment = client.create_experiment("registry-test")
 
-    purged = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
-    best = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": purged,
-                                      "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
-    again = _finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
-    _finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": again,
-                               "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
+    purged = finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
+    best = finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": purged,
+                                     "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
+    again = finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
+    finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": again,
+                              "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
     champion = _champion_version(best, {
         "source_run_id": best, "model_family": "cnn", SELECTION_METRIC: "0.900000",
         "dataset_run_id": purged, "dataset_digest": DIGEST, CODE_TAG: code_digest()})
@@ -178,9 +168,9 @@ def test_a_dataset_run_id_that_names_no_finished_preprocess_run_is_refused_by_na
     monkeypatch.setenv("KANA_EXPERIMENT", "registry-test")
     client = MlflowClient()
     experiment = client.create_experiment("registry-test")
-    trained = _finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn"})
+    trained = finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn"})
     running = client.create_run(experiment, tags={ENTRY_POINT_TAG: "preprocess"}).info.run_id
-    not_kana = _finished_run(experiment, {})
+    not_kana = finished_run(experiment, {})
     missing = f"no such run in the tracking store ({sqlite_store})"
     refusals = {
         "0123456789abcdef0123456789abcdef": missing,
