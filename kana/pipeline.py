@@ -15,11 +15,10 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.string_utils import quote
 
 from kana.features import MAX_GAP
 from kana.tracking import (CODE_DIGEST_TAG, code_digest, experiment_ids, git_commit, kana_run,
-                           log_params, scratch_dir)
+                           log_params, logged_spellings, scratch_dir)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -37,7 +36,7 @@ def _already_ran(entry_point: str, parameters: dict, commit: str | None):
     # MLflow Projects logs each value as it put it on the command line, shell-quoted ('' for "",
     # a folder with a space in quotes): compared as given, a step run with real_dir "" (main's
     # default) never matched, and every rerun of `main` trained all three families again
-    wanted = {k: {str(v), quote(str(v))} for k, v in parameters.items()}
+    wanted = {k: logged_spellings(v) for k, v in parameters.items()}
     code = code_digest()
     for run in runs:
         if commit and run.data.tags.get("mlflow.source.git.commit") != commit:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.string_utils import quote
 
 ENTRY_POINT_TAG = "kana.entry_point"
 CODE_DIGEST_TAG = "kana.code_digest"  # which kana code made a run (see code_digest)
@@ -41,17 +42,24 @@ def kana_run(entry_point: str, run_name: str | None = None, tags: dict | None = 
         yield run
 
 
+def logged_spellings(value) -> set[str]:
+    """The strings a param given as `value` may be logged as: as given, or shell-quoted, as MLflow
+    Projects logs what it put on the command line ('' for "", a folder with a space in quotes)."""
+    return {str(value), quote(str(value))}
+
+
 def log_params(params: dict) -> None:
     """Log params; where `mlflow run` already logged a key from the command line with another
-    spelling or a placeholder ("" for "the latest", 0 for "automatic"), the value actually used
-    goes to `<key>_resolved` (MLflow refuses to change a logged param)."""
+    spelling (1e-3 for 0.001) or a placeholder ("" for "the latest", 0 for "automatic"), the value
+    actually used goes to `<key>_resolved` (MLflow refuses to change a logged param). Shell quoting
+    (`logged_spellings`) is no other spelling: it gets no twin."""
     run_id = mlflow.active_run().info.run_id
     logged = MlflowClient().get_run(run_id).data.params
     out = {}
     for key, value in params.items():
         if key not in logged:
             out[key] = value
-        elif logged[key] != str(value):
+        elif logged[key] not in logged_spellings(value):
             out[f"{key}_resolved"] = value
     mlflow.log_params(out)
 

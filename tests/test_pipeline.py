@@ -187,17 +187,13 @@ def test_champion_is_the_best_validation_candidate_and_tagged(pipeline, tmp_path
     assert lines[-1].startswith("ensemble") and lines[-1].endswith("(geometric mean of the above)")
 
 
-def test_a_step_is_reused_though_mlflow_logged_its_parameters_shell_quoted(
-        tmp_path, monkeypatch, use_tracking_store):
-    """MLflow Projects logs each parameter as it puts it on the command line, shell-quoted: "" as
-    '', a folder with a space in quotes. Compared as given, such a step run never matched, and a
-    rerun of `main` (real_dir "" by default) trained every family again instead of reusing it."""
-    from kana.pipeline import _already_ran
-
+def _run_step_project(tmp_path, use_tracking_store, monkeypatch, parameters: dict, body: str):
+    """Run, with MLflow Projects, a one-step project whose step is a kana run doing `body`; its
+    parameters raw_dir, real_dir and epochs are logged as Projects logs them. Returns the run."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "MLproject").write_text(
-        "name: reuse-test\n"
+        "name: step-test\n"
         "entry_points:\n"
         "  step:\n"
         "    parameters:\n"
@@ -206,20 +202,47 @@ def test_a_step_is_reused_though_mlflow_logged_its_parameters_shell_quoted(
         "      epochs: {type: string, default: \"2\"}\n"
         "    command: python step.py\n", encoding="utf-8")
     # a step as kana's are: its run tagged with the kana code that ran it
-    (project / "step.py").write_text("from kana.tracking import kana_run\n"
-                                     "with kana_run('step'):\n    pass\n", encoding="utf-8")
+    (project / "step.py").write_text("from kana.tracking import kana_run, log_params\n"
+                                     f"with kana_run('step'):\n    {body}\n", encoding="utf-8")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("KANA_EXPERIMENT", "reuse")  # where _already_ran looks, with no active run
     use_tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = MlflowClient().create_experiment("reuse", artifact_location=str(tmp_path / "artifacts"))
-    parameters = {"raw_dir": str(tmp_path / "my raw"), "real_dir": "", "epochs": 2}
     submitted = mlflow.projects.run(str(project), "step", parameters=parameters, env_manager="local",
                                     experiment_id=experiment, storage_dir=str(tmp_path / "storage"))
     assert submitted.get_status() == "FINISHED"
+    return submitted
+
+
+def test_a_step_is_reused_though_mlflow_logged_its_parameters_shell_quoted(
+        tmp_path, monkeypatch, use_tracking_store):
+    """MLflow Projects logs each parameter as it puts it on the command line, shell-quoted: "" as
+    '', a folder with a space in quotes. Compared as given, such a step run never matched, and a
+    rerun of `main` (real_dir "" by default) trained every family again instead of reusing it."""
+    from kana.pipeline import _already_ran
+
+    monkeypatch.setenv("KANA_EXPERIMENT", "reuse")  # where _already_ran looks, with no active run
+    parameters = {"raw_dir": str(tmp_path / "my raw"), "real_dir": "", "epochs": 2}
+    submitted = _run_step_project(tmp_path, use_tracking_store, monkeypatch, parameters, "pass")
     found = _already_ran("step", parameters, commit=None)
     assert found is not None and found.info.run_id == submitted.run_id
     assert _already_ran("step", {**parameters, "epochs": 3}, commit=None) is None
     assert _already_ran("step", {**parameters, "real_dir": str(tmp_path)}, commit=None) is None
+
+
+def test_a_step_logs_no_resolved_twin_of_a_value_mlflow_logged_shell_quoted(
+        tmp_path, monkeypatch, use_tracking_store):
+    """A step logs the values it used; where `mlflow run` logged the same value shell-quoted ('' for
+    "", a folder with a space in quotes) that is no other value, and a `<key>_resolved` twin beside
+    it (an empty real_dir_resolved on every trainer run) only made a reader ask what changed. A value
+    the step did change still gets its twin."""
+    raw_dir = str(tmp_path / "my raw")
+    parameters = {"raw_dir": raw_dir, "real_dir": "", "epochs": 2}
+    body = f"log_params({{'raw_dir': {raw_dir!r}, 'real_dir': '', 'epochs': 5, 'seed': 1}})"
+    submitted = _run_step_project(tmp_path, use_tracking_store, monkeypatch, parameters, body)
+    params = MlflowClient().get_run(submitted.run_id).data.params
+    assert params["real_dir"] == "''" and params["raw_dir"] == f"'{raw_dir}'"  # as Projects logs them
+    assert "real_dir_resolved" not in params and "raw_dir_resolved" not in params
+    assert params["epochs_resolved"] == "5" and params["seed"] == "1"
 
 
 def test_the_summary_names_the_runs_of_an_ensemble_and_a_champion_that_are_not_in_it(
