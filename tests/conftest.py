@@ -205,6 +205,25 @@ def finished_run(experiment: str, tags: dict, **values) -> str:
     return run_id
 
 
+def champion_version(model_name: str, tags: dict, run_id: str | None = None) -> str:
+    """A new version of registered model `model_name` (made on first use), of run `run_id`'s model
+    where one is named, with these version tags, as the champion (the alias on it). Returns its
+    version number."""
+    from mlflow.tracking import MlflowClient
+
+    from kana.registry import CHAMPION
+
+    client = MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+        client.create_registered_model(model_name)
+    version = str(client.create_model_version(model_name, f"runs:/{run_id or 'x'}/model",
+                                              run_id=run_id).version)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return version
+
+
 def free_port() -> int:
     import socket
 

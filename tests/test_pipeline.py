@@ -20,8 +20,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import (EXPERIMENT, MODEL_NAME, PROJECT_DIR, TINY, finished_run, free_port,
-                      left_in_temp_folder, server_process)
+from conftest import (EXPERIMENT, MODEL_NAME, PROJECT_DIR, TINY, champion_version, finished_run,
+                      free_port, left_in_temp_folder, server_process)
 from kana.classes import class_set
 
 FAMILIES = {"cnn": "train_cnn", "transfer": "train_transfer", "lstm": "train_lstm"}
@@ -266,14 +266,10 @@ def test_the_summary_names_the_runs_of_an_ensemble_and_a_champion_that_are_not_i
     runs = {family: run({"model_family": family}, val_balanced_accuracy=0.5) for family in FAMILIES}
     members = ",".join([earlier_cnn.info.run_id, runs["transfer"].info.run_id, runs["lstm"].info.run_id])
     registered = run({ENSEMBLE_RUNS_TAG: members}, ensemble_val_balanced_accuracy=0.95)
-    client.create_registered_model("kana-summary-test")
 
     def champion(source_run_id: str, family: str, score: str):
-        version = client.create_model_version("kana-summary-test", "runs:/x/model").version
-        for key, value in {"source_run_id": source_run_id, "model_family": family,
-                           "val_balanced_accuracy": score}.items():
-            client.set_model_version_tag("kana-summary-test", version, key, value)
-        client.set_registered_model_alias("kana-summary-test", CHAMPION, version)
+        champion_version("kana-summary-test", {"source_run_id": source_run_id, "model_family": family,
+                                               "val_balanced_accuracy": score})
         return client.get_model_version_by_alias("kana-summary-test", CHAMPION)
 
     def table(champion_version) -> dict:

@@ -13,25 +13,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import finished_run, free_port
+from conftest import champion_version, finished_run, free_port
 
 
 DIGEST = "268b37894d9bf1e5"  # a dataset's content digest
-
-
-def _champion_version(run_id: str, tags: dict) -> str:
-    """A version of model kana-registry-test from run `run_id`, with these version tags, as the
-    champion (the alias on it). Returns its version number."""
-    from kana.registry import CHAMPION
-
-    client = MlflowClient()
-    client.create_registered_model("kana-registry-test")
-    version = str(client.create_model_version("kana-registry-test", f"runs:/{run_id}/model",
-                                              run_id=run_id).version)
-    for key, value in tags.items():
-        client.set_model_version_tag("kana-registry-test", version, key, value)
-    client.set_registered_model_alias("kana-registry-test", CHAMPION, version)
-    return version
 
 
 def _purge(run_id: str, store: str) -> None:
@@ -111,7 +96,7 @@ def test_a_champion_whose_runs_were_purged_stays_rather_than_failing_or_giving_w
                         **{SELECTION_METRIC: 0.5})  # worse than the champion
     purged = finished_run(experiment, {ENTRY_POINT_TAG: "train_cnn", "kana.dataset_run_id": data,
                                        "model_family": "cnn"}, **{SELECTION_METRIC: 0.9})
-    champion = _champion_version(purged, {
+    champion = champion_version("kana-registry-test", run_id=purged, tags={
         "source_run_id": f"{purged},{kept}", "model_family": "ensemble:cnn+lstm",
         SELECTION_METRIC: "0.900000", "dataset_run_id": data, CODE_TAG: "an-older-kana"})
     _purge(purged, sqlite_store)
@@ -145,7 +130,7 @@ def test_a_champion_whose_dataset_run_was_purged_is_still_weighed_on_its_data(
     again = finished_run(experiment, {ENTRY_POINT_TAG: "preprocess"}, dataset_digest=DIGEST)
     finished_run(experiment, {ENTRY_POINT_TAG: "train_lstm", "kana.dataset_run_id": again,
                               "model_family": "lstm"}, **{SELECTION_METRIC: 0.5})  # worse than the champion
-    champion = _champion_version(best, {
+    champion = champion_version("kana-registry-test", run_id=best, tags={
         "source_run_id": best, "model_family": "cnn", SELECTION_METRIC: "0.900000",
         "dataset_run_id": purged, "dataset_digest": DIGEST, CODE_TAG: code_digest()})
     _purge(purged, sqlite_store)
